@@ -128,15 +128,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _phases_for(path: str, n: int) -> PhaseTable:
-    from napari_tomoseg.core import io
-
-    table = io.read_label_phases(path) if Path(path).suffix.lower() in (".tif", ".tiff") else None
-    if table is not None and len(table) >= n:
-        return table
-    return PhaseTable.from_names([f"phase {i}" for i in range(1, n + 1)])
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_tomoseg.core import io
     from napari_tomoseg.core.metrics import confusion_matrix, jaccard_from_confusion
@@ -148,9 +139,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name, arr in (("prediction", pred), ("reference", ref)):
         if not np.issubdtype(arr.dtype, np.integer):
             raise CliError(f"{name} has dtype {arr.dtype}; expected integer phase labels (1..C, 0 = none)")
+    table = io.read_label_phases(args.prediction)
     n = int(max(pred.max(), ref.max()))
-    phases = _phases_for(args.prediction, n)
-    n = max(n, len(phases))
+    if table is not None:
+        for name, arr in (("prediction", pred), ("reference", ref)):
+            extra = sorted(set(np.unique(arr).tolist()) - {0, *table.ids})
+            if extra:
+                raise CliError(
+                    f"{name} holds phase ids {extra[:5]} that the prediction's phase table lacks "
+                    f"({', '.join(f'{p.id}={p.name}' for p in table.phases)}); remap the labels first"
+                )
+        phases = table
+    else:
+        phases = PhaseTable.from_names([f"phase {i}" for i in range(1, n + 1)])
+    n = len(phases)
     cm = confusion_matrix(pred, ref, n)
     scores = jaccard_from_confusion(cm)
     if args.json:
@@ -277,7 +279,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "sample_max": float(sample.max()),
             "sample_percentiles_0.5_99.5": [float(v) for v in np.percentile(sample, [0.5, 99.5])],
         }
-        phases = io.read_label_phases(path) if path.suffix.lower() in (".tif", ".tiff") else None
+        phases = io.read_label_phases(path)
         if phases is not None:
             info["phases"] = phases.to_json()
     if args.json:

@@ -152,7 +152,7 @@ def test_zarr_group_with_two_arrays_needs_dataset(tmp_path: Path, volume: np.nda
 
 
 def test_hdf5_without_h5py_says_how_to_install(tmp_path: Path) -> None:
-    pytest.importorskip  # noqa: B018  (h5py is optional; the test covers both cases)
+    # h5py is optional: without it a clear ImportError, with it a damaged-file ValueError.
     path = tmp_path / "vol.h5"
     path.write_bytes(b"not really hdf5")
     try:
@@ -161,12 +161,12 @@ def test_hdf5_without_h5py_says_how_to_install(tmp_path: Path) -> None:
         with pytest.raises(ImportError, match="pip install h5py"):
             read_volume(path)
     else:
-        with pytest.raises(ValueError, match="vol.h5"):
+        with pytest.raises(ValueError, match=r"vol\.h5"):
             read_volume(path)
 
 
 def test_missing_unsupported_and_corrupt_inputs(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nothing_here.tif"):
+    with pytest.raises(FileNotFoundError, match=r"nothing_here\.tif"):
         read_volume(tmp_path / "nothing_here.tif")
     bad_suffix = tmp_path / "vol.mrc"
     bad_suffix.write_bytes(b"x")
@@ -235,11 +235,11 @@ def test_check_volume_counts_nan_and_inf() -> None:
 
 def test_check_volume_on_lazy_arrays(tmp_path: Path) -> None:
     arr = np.zeros((20, 4, 4), np.float32)
-    arr[19, 0, 0] = 1.0  # only the last slice differs: a sample must not call it constant
+    arr[10, 0, 0] = 1.0  # slice 10 is not among the 8 sampled: a constant sample is confirmed
     path = tmp_path / "lazy.npy"
     np.save(path, arr)
     check_volume(np.load(path, mmap_mode="r"))  # no error
-    arr[19, 0, 0] = 0.0
+    arr[10, 0, 0] = 0.0
     np.save(path, arr)
     with pytest.raises(ValueError, match="nothing to segment"):
         check_volume(np.load(path, mmap_mode="r"))

@@ -643,9 +643,10 @@ def _zarr_array(path: Path, dataset: str | None) -> Any:
 
 
 def _describe_arrays(group: Any) -> str:
+    # zarr lists members in no fixed order (async listing): sort for stable messages.
     items = [
         f"{k!r} {tuple(a.shape)} {a.dtype}"
-        for k, a in group.members(max_depth=None)
+        for k, a in sorted(group.members(max_depth=None), key=lambda m: _natural_key(m[0]))
         if isinstance(a, zarr.Array)
     ]
     return ", ".join(items) or "no arrays"

@@ -204,8 +204,8 @@ class InferenceDefaults:
             raise ValueError(f"axis must be one of {tuple(AXES)}, got {self.axis!r}")
         if self.tile < 8:
             raise ValueError(f"tile must be >= 8, got {self.tile}")
-        if not 0 <= self.overlap < self.tile // 2:
-            raise ValueError(f"overlap must be in 0..{self.tile // 2 - 1} for tile {self.tile}, got {self.overlap}")
+        if not 0 <= self.overlap <= self.tile // 2:
+            raise ValueError(f"overlap must be in 0..{self.tile // 2} for tile {self.tile}, got {self.overlap}")
 
 
 @dataclass

@@ -139,9 +139,9 @@ class PhantomConfig:
     pore_contrast: float = 0.6
     edge_enhancement: float = 0.0
     blur: float = 1.0
-    noise: float = 0.1
+    noise: float = 0.05
     noise_correlation: float = 0.0
-    ring_strength: float = 0.1
+    ring_strength: float = 0.25
     n_rings: int = 24
     ring_centre_offset: float = 2.0
     cupping: float = 0.0
@@ -675,7 +675,9 @@ def _rings(
     rmax = float(radius.max())
     ring_r = rng.uniform(1.5, rmax, k)
     width = rng.uniform(0.4, 1.0, k)  # Gaussian sigma: about one detector pixel
-    amp = config.ring_strength * rng.standard_normal(k)
+    # Bright or dark with equal odds; ``ring_strength`` bounds the amplitude so that no single
+    # draw swamps a whole phase's grey range.
+    amp = config.ring_strength * rng.choice([-1.0, 1.0], k) * rng.uniform(0.25, 1.0, k)
     z = np.arange(nz, dtype=np.float64)
     start = rng.uniform(-0.3 * nz, nz, k)
     length = rng.uniform(0.2, 1.0, k) * nz

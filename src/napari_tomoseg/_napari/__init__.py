@@ -1,0 +1,1 @@
+"""napari front end: reader, writer, sample data and dock widgets (thin layers over the core)."""

@@ -1,0 +1,227 @@
+"""Tiled inference: exact stitching with identity-like predictors, modes, devices, bad input."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from napari_tomoseg.core.inference import (
+    InferenceConfig,
+    Predictor,
+    fold_batch_norm,
+    iter_segment,
+    predict_tiled,
+    resolve_device,
+    segment_volume,
+    tile_starts,
+)
+from napari_tomoseg.core.model import InferenceDefaults, ModularUNet, TomosegModel, UNetConfig
+from napari_tomoseg.core.phases import COMPOSITE_PHASES
+from napari_tomoseg.core.progress import CancelToken, Cancelled, run_to_completion
+
+
+def _model(mode="2d", ndim=2, in_channels=1, tile=32, overlap=8) -> TomosegModel:
+    torch.manual_seed(0)
+    net = ModularUNet(UNetConfig(ndim=ndim, in_channels=in_channels, base_filters=2))
+    return TomosegModel(net, COMPOSITE_PHASES, defaults=InferenceDefaults(mode=mode, tile=tile, overlap=overlap))
+
+
+def one_hot_of_channel(channel: int | None = None):
+    """An identity-like predictor: the (rounded) input value v in 1..3 becomes one-hot phase v."""
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        c = batch.shape[1] // 2 if channel is None else channel
+        v = np.rint(batch[:, c]).astype(int) - 1
+        return np.moveaxis(np.eye(3, dtype=np.float32)[v], -1, 1)
+
+    return predict
+
+
+def test_tile_starts_cover_with_overlap():
+    for length, tile, overlap in [(100, 32, 8), (33, 32, 4), (32, 32, 8), (1000, 512, 32), (65, 16, 0)]:
+        starts = tile_starts(length, tile, overlap)
+        assert starts[0] == 0 and starts[-1] + min(tile, length) == max(length, starts[-1] + min(tile, length))
+        covered = np.zeros(max(length, tile), bool)
+        for s in starts:
+            covered[s : s + tile] = True
+        assert covered[:length].all()
+        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 70), st.integers(1, 70)),
+    tile=st.sampled_from([8, 16, 24, 32]),
+    overlap=st.integers(0, 12),
+    batch=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_predict_tiled_reproduces_input(shape, tile, overlap, batch, seed):
+    overlap = min(overlap, tile // 2)
+    images = np.random.default_rng(seed).random((shape[0], 1, *shape[1:]), dtype=np.float32)
+    out = predict_tiled(images, lambda b: b * 1.0, n_out=1, tile=tile, overlap=overlap, batch_size=batch)
+    assert out.shape == images.shape
+    np.testing.assert_allclose(out, images, rtol=0, atol=2e-6)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=st.tuples(st.integers(1, 20), st.integers(1, 40), st.integers(1, 40)),
+    mode_axis=st.sampled_from([("2d", "z"), ("2d", "y"), ("2d", "x"), ("2.5d", "z"), ("2.5d", "x"), ("2d-3axes", "z"), ("3d", "z")]),
+    tile=st.sampled_from([8, 16, 24]),
+    overlap=st.integers(0, 8),
+    block=st.integers(1, 12),
+    seed=st.integers(0, 2**16),
+)
+def test_segment_identity_predictor_is_exact(shape, mode_axis, tile, overlap, block, seed):
+    mode, axis = mode_axis
+    ndim, cin = (3, 1) if mode == "3d" else (2, 3 if mode == "2.5d" else 1)
+    model = _model(mode, ndim, cin)
+    volume = np.random.default_rng(seed).integers(1, 4, shape).astype(np.uint8)
+    probs = np.zeros((3, *shape), np.float16)
+    cfg = InferenceConfig(axis=axis, tile=tile, overlap=min(overlap, tile // 2), block=block)
+    gen = iter_segment(volume, one_hot_of_channel(), cfg, model=model, grey_range=(0.0, 1.0), probabilities_out=probs)
+    result = run_to_completion(gen)
+    np.testing.assert_array_equal(result.labels, volume)
+    np.testing.assert_array_equal(probs.argmax(0) + 1, volume)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=2e-3)
+
+
+def test_25d_channels_are_neighbouring_slices_in_order():
+    model = _model("2.5d", 2, 3)
+    rng = np.random.default_rng(1)
+    volume = rng.integers(1, 4, (6, 9, 9)).astype(np.uint8)
+    for axis, ax in (("z", 0), ("y", 1)):
+        cfg = InferenceConfig(axis=axis, tile=16, overlap=4, block=4)
+        # channel 0 is the previous slice: the output is the volume shifted by one slice,
+        # with the mirror image of slice 1 before slice 0.
+        res = run_to_completion(iter_segment(volume, one_hot_of_channel(0), cfg, model=model, grey_range=(0, 1)))
+        expected = np.concatenate([np.take(volume, [1], ax), np.take(volume, range(0, volume.shape[ax] - 1), ax)], ax)
+        np.testing.assert_array_equal(res.labels, expected)
+
+
+def test_tiling_barely_changes_a_real_network():
+    model = _model(tile=32, overlap=16)
+    volume = np.random.default_rng(2).integers(0, 255, (2, 96, 80)).astype(np.uint8)
+    whole = segment_volume(volume, model, InferenceConfig(tile=128, overlap=0, device="cpu")).labels
+    tiled = segment_volume(volume, model, InferenceConfig(tile=32, overlap=16, device="cpu")).labels
+    assert (whole == tiled).mean() > 0.97
+
+
+def test_folded_batch_norm_matches_eval_network():
+    net = ModularUNet(UNetConfig(base_filters=4))
+    # non-trivial running statistics
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(2, 1, 32, 32) * 3 + 1)
+    net.eval()
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(fold_batch_norm(net)(x), net(x), atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fold_batch_norm(net).modules())
+
+
+def test_mask_sets_outside_to_zero():
+    model = _model()
+    volume = np.random.default_rng(3).integers(1, 4, (3, 20, 20)).astype(np.uint8)
+    mask = np.zeros(volume.shape, bool)
+    mask[:, 5:15, 5:15] = True
+    cfg = InferenceConfig(tile=16, overlap=4)
+    res = run_to_completion(iter_segment(volume, one_hot_of_channel(), cfg, model=model, grey_range=(0, 1), mask=mask))
+    np.testing.assert_array_equal(res.labels[mask], volume[mask])
+    assert (res.labels[~mask] == 0).all()
+
+
+def test_progress_events_and_cancel():
+    model = _model()
+    volume = np.random.default_rng(4).integers(0, 255, (10, 24, 24)).astype(np.uint8)
+    gen = iter_segment(volume, one_hot_of_channel(), InferenceConfig(tile=16, block=3), model=model, grey_range=(0, 255))
+    events = []
+    run_to_completion(gen, events.append)
+    assert [e.done for e in events] == [3 * 576, 6 * 576, 9 * 576, 10 * 576]
+    assert events[-1].fraction == 1.0
+    token = CancelToken()
+    gen = iter_segment(volume, one_hot_of_channel(), InferenceConfig(tile=16, block=3), model=model, grey_range=(0, 255), cancel=token)
+    next(gen)
+    token.cancel()
+    with pytest.raises(Cancelled):
+        next(gen)
+
+
+def test_normalisation_is_per_volume_not_per_block():
+    """Two blocks with very different histograms get the same grey->value mapping (no seams)."""
+    model = _model()
+    volume = np.zeros((4, 16, 16), np.uint16)
+    volume[:2] = 1000
+    volume[2:] = 3000
+    volume[:, 0, 0] = 0
+    seen = []
+
+    def record(batch):
+        seen.append(float(batch.max()))
+        return np.zeros((batch.shape[0], 3, *batch.shape[2:]), np.float32) + 1 / 3
+
+    run_to_completion(iter_segment(volume, record, InferenceConfig(tile=16, overlap=0, block=2), model=model))
+    assert seen[0] < seen[-1]  # the bright slab stays brighter than the dark one
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"tile": 12}, "multiple of 8"),
+        ({"tile": 4}, "at least 8"),
+        ({"mode": "4d"}, "mode"),
+        ({"axis": "t"}, "axis"),
+        ({"overlap": 20, "tile": 16}, "half the tile"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        InferenceConfig(**kwargs)
+
+
+def test_mode_must_fit_the_model():
+    volume = np.zeros((4, 16, 16), np.uint8)
+    volume[0, 0, 0] = 1
+    with pytest.raises(ValueError, match="3D model"):
+        run_to_completion(iter_segment(volume, one_hot_of_channel(), InferenceConfig(mode="3d"), model=_model()))
+    with pytest.raises(ValueError, match="input channel"):
+        run_to_completion(iter_segment(volume, one_hot_of_channel(), InferenceConfig(mode="2.5d"), model=_model()))
+
+
+def test_volume_errors():
+    model = _model()
+    with pytest.raises(ValueError, match="3D volume"):
+        run_to_completion(iter_segment(np.zeros((4, 4)), one_hot_of_channel(), model=model))
+    with pytest.raises(ValueError, match="constant"):
+        run_to_completion(iter_segment(np.full((4, 8, 8), 7, np.uint8), one_hot_of_channel(), model=model))
+    nan = np.ones((4, 8, 8), np.float32)
+    nan[1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        run_to_completion(iter_segment(nan, one_hot_of_channel(), model=model))
+
+
+def test_device_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_bf16_gives_the_same_segmentation_as_fp32():
+    """bf16 autocast is only used where it does not change the result (checked here on any CPU)."""
+    from napari_tomoseg.core.model import bundled_model_path, load_model
+    from napari_tomoseg.core.synthetic import PhantomConfig, make_phantom
+
+    model = load_model(bundled_model_path())
+    ph = make_phantom(PhantomConfig(shape=(4, 96, 96)), seed=5)
+    cfg = dict(tile=96, overlap=16, device="cpu")
+    fp32 = segment_volume(ph.volume, model, InferenceConfig(precision="fp32", **cfg)).labels
+    bf16 = segment_volume(ph.volume, model, InferenceConfig(precision="bf16", **cfg)).labels
+    assert (fp32 == bf16).mean() > 0.998
+    assert Predictor(model, device="cpu", precision="bf16").precision_name == "bf16"
