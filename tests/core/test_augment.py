@@ -1,6 +1,11 @@
 import numpy as np
 
-from napari_tomoseg.core.augment import apply_dihedral, dihedral_transforms, random_dihedral, random_intensity
+from napari_tomoseg.core.augment import (
+    apply_dihedral,
+    dihedral_transforms,
+    random_dihedral,
+    random_intensity,
+)
 
 
 def test_group_sizes_and_distinct_results():

@@ -1,5 +1,7 @@
 """Tiled inference: exact stitching with identity-like predictors, modes, devices, bad input."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -18,7 +20,7 @@ from napari_tomoseg.core.inference import (
 )
 from napari_tomoseg.core.model import InferenceDefaults, ModularUNet, TomosegModel, UNetConfig
 from napari_tomoseg.core.phases import COMPOSITE_PHASES
-from napari_tomoseg.core.progress import CancelToken, Cancelled, run_to_completion
+from napari_tomoseg.core.progress import Cancelled, CancelToken, run_to_completion
 
 
 def _model(mode="2d", ndim=2, in_channels=1, tile=32, overlap=8) -> TomosegModel:
@@ -46,7 +48,7 @@ def test_tile_starts_cover_with_overlap():
         for s in starts:
             covered[s : s + tile] = True
         assert covered[:length].all()
-        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+        assert all(b - a <= tile - overlap for a, b in itertools.pairwise(starts))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -101,7 +101,7 @@ def test_save_refuses_overwrite_and_keeps_the_file(tmp_path):
 
 
 def test_load_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.safetensors"):
         load_model(tmp_path / "nope.safetensors")
 
 
@@ -117,7 +117,7 @@ def test_load_truncated_file(tmp_path):
 def test_load_garbage_and_pickle_is_refused(tmp_path):
     bad = tmp_path / "weights.safetensors"
     torch.save({"a": torch.zeros(2)}, bad)  # a pickle in disguise: must never be unpickled
-    with pytest.raises(ModelFileError, match="weights.safetensors"):
+    with pytest.raises(ModelFileError, match=r"weights\.safetensors"):
         load_model(bad)
 
 

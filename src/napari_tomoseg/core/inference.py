@@ -24,7 +24,7 @@ from torch import nn
 
 from napari_tomoseg.core.model import AXES, MODES, Mode, TomosegModel
 from napari_tomoseg.core.normalize import apply_range
-from napari_tomoseg.core.progress import CancelToken, Cancelled, SegmentProgress, run_to_completion
+from napari_tomoseg.core.progress import Cancelled, CancelToken, SegmentProgress, run_to_completion
 
 log = logging.getLogger(__name__)
 

@@ -300,7 +300,7 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ModelFileError(f"{path}: not a readable .safetensors model file ({err}); it may be truncated or corrupt") from err
     if meta.get("format") != FORMAT:
@@ -353,4 +353,4 @@ def receptive_halo(cfg: UNetConfig) -> int:
     Used as the default tile overlap; the exact receptive field of a depth-3 net is much larger
     but its effective (weighted) extent is a few tens of voxels.
     """
-    return int(math.ceil(4 * 2**cfg.depth))
+    return math.ceil(4 * 2**cfg.depth)

@@ -53,7 +53,7 @@ class SegmentProgress:
         return self.elapsed * (self.total - self.done) / self.done if self.done else float("nan")
 
 
-def run_to_completion(gen: Generator[E, None, R], callback: None | object = None) -> R:
+def run_to_completion(gen: Generator[E, None, R], callback: object | None = None) -> R:
     """Drive an operation generator to its end, passing each event to ``callback`` (if callable)."""
     while True:
         try:

@@ -42,6 +42,7 @@ class TrainConfig:
     validate_every: int = 100
     patience: int | None = None
     rare_fraction: float = 0.3
+    class_weight_power: float = 0.5
     axes: tuple[int, ...] = (0, 1, 2)
     augment: bool = True
     seed: int = 0
@@ -59,6 +60,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.batch_size must be >= 1, got {self.batch_size}")
         if not 0.0 <= self.rare_fraction <= 1.0:
             raise ValueError(f"TrainConfig.rare_fraction must be in [0, 1], got {self.rare_fraction}")
+        if not 0.0 <= self.class_weight_power <= 1.0:
+            raise ValueError(f"TrainConfig.class_weight_power must be in [0, 1], got {self.class_weight_power}")
         if self.loss not in ("jaccard", "jaccard+ce"):
             raise ValueError(f"TrainConfig.loss must be 'jaccard' or 'jaccard+ce', got {self.loss!r}")
         if not self.axes or any(a not in (0, 1, 2) for a in self.axes):
@@ -242,7 +245,9 @@ def iter_train(
     network.to(device).train()
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     counts = torch.as_tensor(sampler.counts)
-    ce_weight = phase_weights(counts).to(device)
+    # Frequency ** -power weights lift rare phases in sparse annotations; they also push ambiguous
+    # boundary voxels towards the rarer phase, so fully labelled data may prefer power 0.
+    ce_weight = phase_weights(counts, config.class_weight_power).to(device)
     t0 = time.perf_counter()
     best_state = copy.deepcopy(network.state_dict())
     best_mean, best_val, best_step, since_best = -math.inf, None, 0, 0

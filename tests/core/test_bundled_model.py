@@ -1,0 +1,43 @@
+"""The bundled model on phantoms it never saw (training used seeds >= 900)."""
+
+import numpy as np
+import pytest
+
+from napari_tomoseg.core.baseline import grey_level_baseline
+from napari_tomoseg.core.inference import InferenceConfig, segment_volume
+from napari_tomoseg.core.metrics import jaccard_per_phase
+from napari_tomoseg.core.model import bundled_model_path, load_model
+from napari_tomoseg.core.synthetic import PhantomConfig, make_phantom
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(bundled_model_path())
+
+
+def _scores(model, shape, seed, **kw):
+    ph = make_phantom(PhantomConfig(shape=shape), seed=seed)
+    pred = segment_volume(ph.volume, model, InferenceConfig(device="cpu", **kw)).labels
+    unet = jaccard_per_phase(pred, ph.labels, 3)
+    grey = jaccard_per_phase(grey_level_baseline(ph.volume, ph.labels, 3), ph.labels, 3)
+    return unet, grey
+
+
+def test_bundled_model_beats_thresholds_on_a_small_phantom(model):
+    unet, grey = _scores(model, (24, 128, 128), seed=1)
+    assert unet[0] >= 0.96 and unet[1] >= 0.90 and unet[2] >= 0.55, unet
+    assert unet.mean() >= grey.mean() + 0.10, (unet, grey)
+
+
+def test_other_axes_and_multi_axis_also_work(model):
+    for kw in ({"axis": "y"}, {"mode": "2d-3axes", "block": 64}):
+        unet, grey = _scores(model, (48, 64, 64), seed=2, **kw)
+        assert unet.mean() >= grey.mean() + 0.05, (kw, unet, grey)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bundled_model_meets_the_published_thresholds(model, seed):
+    unet, grey = _scores(model, (128, 128, 128), seed=seed)
+    assert unet[0] >= 0.97 and unet[1] >= 0.93 and unet[2] >= 0.70, unet
+    assert unet.mean() >= grey.mean() + 0.10
