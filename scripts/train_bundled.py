@@ -40,13 +40,16 @@ from napari_tomoseg.core.train import AnnotatedVolume, CropSampler, TrainConfig,
 log = logging.getLogger("train_bundled")
 
 
-def make_training_set(n: int, seed: int, shape: tuple[int, int, int]) -> tuple[list[AnnotatedVolume], list[dict]]:
+def make_training_set(
+    n: int, seed: int, shape: tuple[int, int, int], default_fraction: float = 0.5
+) -> tuple[list[AnnotatedVolume], list[dict]]:
     rng = np.random.default_rng(seed)
     norm = Normalization()
     volumes, configs = [], []
     for i in range(n):
         s = 1000 + seed * 100 + i
-        cfg = replace(PhantomConfig(), shape=shape) if i % 2 == 0 else random_config(rng, shape=shape)
+        default = round(i * default_fraction, 6) % 1 < default_fraction  # spread evenly; i = 0 is default
+        cfg = replace(PhantomConfig(), shape=shape) if default else random_config(rng, shape=shape)
         ph = make_phantom(cfg, seed=s)
         lo, hi = norm.volume_range(ph.volume)
         volumes.append(AnnotatedVolume(apply_range(ph.volume, lo, hi), ph.labels))
@@ -56,7 +59,9 @@ def make_training_set(n: int, seed: int, shape: tuple[int, int, int]) -> tuple[l
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("-o", "--output", default="src/napari_tomoseg/models/composite-2d.safetensors")
     ap.add_argument("--minutes", type=float, default=40.0, help="training time budget")
     ap.add_argument("--steps", type=int, help="step budget (bitwise reproducible on CPU)")
@@ -66,7 +71,10 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--axes", default="zzzyx", help="slicing axes of training crops, repeated to weight them")
+    ap.add_argument(
+        "--axes", default="zzzyx", help="slicing axes of training crops, repeated to weight them"
+    )
+    ap.add_argument("--default-fraction", type=float, default=0.5, help="share of phantoms at default settings")
     ap.add_argument("--init", help="continue from this model file instead of random weights")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
@@ -77,7 +85,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    volumes, configs = make_training_set(args.phantoms, args.seed, tuple(args.shape))
+    volumes, configs = make_training_set(args.phantoms, args.seed, tuple(args.shape), args.default_fraction)
     val = make_phantom(replace(PhantomConfig(), shape=(64, 128, 128)), seed=900)
     log.info("made %d phantoms in %.0f s", len(volumes), time.perf_counter() - t0)
 
@@ -94,7 +102,9 @@ def main() -> None:
     axes = tuple("zyx".index(a) for a in args.axes)
     # Fully labelled phantoms: mild rare-phase oversampling and unweighted cross-entropy, which keep
     # the decision at phase boundaries unbiased (weights push boundary voxels to the rarer phase).
-    sampler = CropSampler(volumes, n_phases=3, crop=args.crop, axes=axes, rare_fraction=0.15, seed=args.seed)
+    sampler = CropSampler(
+        volumes, n_phases=3, crop=args.crop, axes=axes, rare_fraction=0.15, seed=args.seed
+    )
 
     def validate(network: torch.nn.Module) -> np.ndarray:
         model = TomosegModel(network, COMPOSITE_PHASES, defaults=defaults)
@@ -122,8 +132,20 @@ def main() -> None:
             result = stop.value
             break
         if ev.step % 50 == 0 or ev.validation is not None:
-            v = "" if ev.validation is None else " val " + " ".join(f"{s:.3f}" for s in ev.validation)
-            log.info("step %d loss %.4f lr %.2e %.0fs eta %.0fs%s", ev.step, ev.loss, ev.learning_rate, ev.elapsed, ev.eta, v)
+            v = (
+                ""
+                if ev.validation is None
+                else " val " + " ".join(f"{s:.3f}" for s in ev.validation)
+            )
+            log.info(
+                "step %d loss %.4f lr %.2e %.0fs eta %.0fs%s",
+                ev.step,
+                ev.loss,
+                ev.learning_rate,
+                ev.elapsed,
+                ev.eta,
+                v,
+            )
     provenance = {
         "trained_by": "scripts/train_bundled.py",
         "package_version": __version__,
@@ -136,13 +158,28 @@ def main() -> None:
         "voxels_seen": result.voxels_seen,
         "seed": args.seed,
         "train_config": asdict(tcfg),
-        "validation": {"phantom_seed": 900, "jaccard": dict(zip(COMPOSITE_PHASES.names, result.best_validation or (), strict=False))},
+        "validation": {
+            "phantom_seed": 900,
+            "jaccard": dict(
+                zip(COMPOSITE_PHASES.names, result.best_validation or (), strict=False)
+            ),
+        },
         "machine": f"{platform.machine()} {platform.processor()} torch {torch.__version__}",
     }
     model = TomosegModel(net, COMPOSITE_PHASES, Normalization(), defaults, provenance)
     path = save_model(Path(args.output), model, overwrite=args.overwrite)
-    log.info("saved %s; best validation %s at step %d of %d", path, result.best_validation, result.best_step, result.steps)
-    print(json.dumps({"output": str(path), "validation": result.best_validation, "steps": result.steps}))
+    log.info(
+        "saved %s; best validation %s at step %d of %d",
+        path,
+        result.best_validation,
+        result.best_step,
+        result.steps,
+    )
+    print(
+        json.dumps(
+            {"output": str(path), "validation": result.best_validation, "steps": result.steps}
+        )
+    )
 
 
 if __name__ == "__main__":

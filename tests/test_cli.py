@@ -16,7 +16,24 @@ from napari_tomoseg.core.phases import COMPOSITE_PHASES
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
     d = tmp_path_factory.mktemp("phantom")
-    assert main(["synth", "-o", str(d / "vol.tif"), "--labels", str(d / "truth.tif"), "--shape", "8", "64", "64", "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "-o",
+                str(d / "vol.tif"),
+                "--labels",
+                str(d / "truth.tif"),
+                "--shape",
+                "8",
+                "64",
+                "64",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     return d
 
 
@@ -35,11 +52,33 @@ def test_synth_writes_volume_and_truth(phantom):
 
 
 def test_synth_domain_options_change_the_volume(tmp_path, phantom):
-    assert main(["synth", "-o", str(tmp_path / "v.tif"), "--labels", str(tmp_path / "t.tif"), "--shape", "8", "64", "64",
-                 "--seed", "3", "--noise", "0.4", "--contrast", "0.2"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "-o",
+                str(tmp_path / "v.tif"),
+                "--labels",
+                str(tmp_path / "t.tif"),
+                "--shape",
+                "8",
+                "64",
+                "64",
+                "--seed",
+                "3",
+                "--noise",
+                "0.4",
+                "--contrast",
+                "0.2",
+            ]
+        )
+        == 0
+    )
     a, b = io.read_volume(phantom / "vol.tif"), io.read_volume(tmp_path / "v.tif")
     assert not np.array_equal(a, b)
-    np.testing.assert_array_equal(io.read_volume(phantom / "truth.tif"), io.read_volume(tmp_path / "t.tif"))
+    np.testing.assert_array_equal(
+        io.read_volume(phantom / "truth.tif"), io.read_volume(tmp_path / "t.tif")
+    )
 
 
 def test_segment_and_evaluate(phantom, tmp_path, capsys):
@@ -84,8 +123,11 @@ def test_segment_refuses_existing_output_and_keeps_it(phantom, tmp_path, capsys)
     [
         (np.zeros((64, 64), np.uint8) + np.arange(64, dtype=np.uint8), "2D"),
         (np.zeros((2, 3, 8, 8), np.uint8), "4D"),
-        (np.full((4, 16, 16), 9, np.uint8), "constant"),
-        (np.where(np.eye(16, dtype=bool)[None].repeat(4, 0), np.nan, 1.0).astype(np.float32), "NaN"),
+        (np.full((4, 16, 16), 9, np.uint8), "nothing to segment"),
+        (
+            np.where(np.eye(16, dtype=bool)[None].repeat(4, 0), np.nan, 1.0).astype(np.float32),
+            "NaN",
+        ),
         (np.zeros((2, 8, 8, 3), np.uint8), "RGB"),
     ],
 )
@@ -99,12 +141,33 @@ def test_segment_bad_volumes(array, match, tmp_path, capsys):
 
 def test_segment_other_bad_inputs(phantom, tmp_path, capsys):
     vol = str(phantom / "vol.tif")
-    _fails(["segment", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "o.tif")], capsys, "missing.tif")
-    _fails(["segment", vol, "-o", str(tmp_path / "no" / "such" / "o.tif")], capsys, "does not exist")
-    _fails(["segment", vol, "-o", str(tmp_path / "o.tif"), "--model", str(tmp_path / "nope.safetensors")], capsys, "nope.safetensors")
+    _fails(
+        ["segment", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "o.tif")],
+        capsys,
+        "missing.tif",
+    )
+    _fails(
+        ["segment", vol, "-o", str(tmp_path / "no" / "such" / "o.tif")], capsys, "does not exist"
+    )
+    _fails(
+        [
+            "segment",
+            vol,
+            "-o",
+            str(tmp_path / "o.tif"),
+            "--model",
+            str(tmp_path / "nope.safetensors"),
+        ],
+        capsys,
+        "nope.safetensors",
+    )
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x00" * 100)
-    _fails(["segment", vol, "-o", str(tmp_path / "o.tif"), "--model", str(corrupt)], capsys, "corrupt.safetensors")
+    _fails(
+        ["segment", vol, "-o", str(tmp_path / "o.tif"), "--model", str(corrupt)],
+        capsys,
+        "corrupt.safetensors",
+    )
     _fails(["segment", vol, "-o", str(tmp_path / "o.tif"), "--tile", "4"], capsys, "at least 8")
     _fails(["segment", vol, "-o", str(tmp_path / "o.tif"), "--mode", "3d"], capsys, "3D model")
     assert not list(tmp_path.glob("o.tif*"))
@@ -144,10 +207,23 @@ def test_demo_prints_the_table_and_writes_files(tmp_path, capsys):
 
 
 def test_console_script_exit_codes(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "napari_tomoseg.cli", "segment", str(tmp_path / "x.tif"), "-o", str(tmp_path / "y.tif")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_tomoseg.cli",
+            "segment",
+            str(tmp_path / "x.tif"),
+            "-o",
+            str(tmp_path / "y.tif"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1 and "x.tif" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "napari_tomoseg.cli", "--version"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "napari_tomoseg.cli", "--version"], capture_output=True, text=True
+    )
     assert r.returncode == 0 and "tomoseg" in r.stdout
 
 

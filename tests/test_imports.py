@@ -11,7 +11,9 @@ GUI = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "su
 def _modules_after(code: str) -> set[str]:
     out = subprocess.run(
         [sys.executable, "-c", f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return {m.split(".")[0] for m in out.split()}
 
@@ -25,9 +27,21 @@ def test_light_imports(module):
 
 def test_whole_core_imports_no_gui():
     core = [
-        "model", "inference", "train", "losses", "metrics", "io", "synthetic", "baseline",
-        "normalize", "phases", "augment", "progress",
+        "model",
+        "inference",
+        "train",
+        "losses",
+        "metrics",
+        "io",
+        "synthetic",
+        "baseline",
+        "normalize",
+        "phases",
+        "augment",
+        "progress",
     ]
-    loaded = _modules_after("\n".join(f"import napari_tomoseg.core.{m}" for m in core) + "\nimport napari_tomoseg.cli")
+    loaded = _modules_after(
+        "\n".join(f"import napari_tomoseg.core.{m}" for m in core) + "\nimport napari_tomoseg.cli"
+    )
     assert "torch" in loaded  # sanity: the heavy modules were really imported
     assert not loaded & set(GUI), loaded & set(GUI)

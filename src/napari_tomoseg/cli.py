@@ -49,7 +49,10 @@ def format_table(names: Sequence[str], columns: dict[str, Sequence[float]]) -> s
     lines = [f"{'phase':<{width}}  " + "  ".join(f"{h:>10}" for h in heads)]
     for i, name in enumerate(names):
         lines.append(f"{name:<{width}}  " + "  ".join(f"{_fmt(columns[h][i]):>10}" for h in heads))
-    means = [float(np.nanmean(columns[h])) if not np.all(np.isnan(columns[h])) else float("nan") for h in heads]
+    means = [
+        float(np.nanmean(columns[h])) if not np.all(np.isnan(columns[h])) else float("nan")
+        for h in heads
+    ]
     lines.append(f"{'mean':<{width}}  " + "  ".join(f"{_fmt(m):>10}" for m in means))
     return "\n".join(lines)
 
@@ -113,7 +116,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     result = _segment(volume, model, args)
     voxel_size = io.read_voxel_size(args.input)
-    io.write_labels(out_path, result.labels, phases=model.phases, voxel_size=voxel_size, overwrite=args.overwrite)
+    io.write_labels(
+        out_path,
+        result.labels,
+        phases=model.phases,
+        voxel_size=voxel_size,
+        overwrite=args.overwrite,
+    )
     from napari_tomoseg.core.metrics import phase_fractions
 
     fractions = phase_fractions(result.labels, len(model.phases))
@@ -135,10 +144,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pred = np.asarray(io.read_volume(args.prediction))
     ref = np.asarray(io.read_volume(args.reference))
     if pred.shape != ref.shape:
-        raise CliError(f"prediction {pred.shape} and reference {ref.shape} differ in shape; they must match voxel for voxel")
+        raise CliError(
+            f"prediction {pred.shape} and reference {ref.shape} differ in shape; they must match voxel for voxel"
+        )
     for name, arr in (("prediction", pred), ("reference", ref)):
         if not np.issubdtype(arr.dtype, np.integer):
-            raise CliError(f"{name} has dtype {arr.dtype}; expected integer phase labels (1..C, 0 = none)")
+            raise CliError(
+                f"{name} has dtype {arr.dtype}; expected integer phase labels (1..C, 0 = none)"
+            )
     table = io.read_label_phases(args.prediction)
     n = int(max(pred.max(), ref.max()))
     if table is not None:
@@ -156,11 +169,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cm = confusion_matrix(pred, ref, n)
     scores = jaccard_from_confusion(cm)
     if args.json:
-        print(json.dumps({
-            "per_phase": {name: (None if np.isnan(s) else float(s)) for name, s in zip(phases.names, scores, strict=True)},
-            "mean": float(np.nanmean(scores)),
-            "confusion_matrix": cm[1:, :].tolist(),
-        }))
+        print(
+            json.dumps(
+                {
+                    "per_phase": {
+                        name: (None if np.isnan(s) else float(s))
+                        for name, s in zip(phases.names, scores, strict=True)
+                    },
+                    "mean": float(np.nanmean(scores)),
+                    "confusion_matrix": cm[1:, :].tolist(),
+                }
+            )
+        )
     else:
         print(format_table(phases.names, {"Jaccard": scores}))
     return 0
@@ -174,7 +194,16 @@ def _phantom_config(args: argparse.Namespace) -> Any:
     cfg = PhantomConfig(shape=tuple(args.shape), dtype=args.dtype)
     changes = {
         k: getattr(args, k)
-        for k in ("contrast", "noise", "fibre_radius", "ring_strength", "blur", "cupping", "fibre_fraction", "pore_fraction")
+        for k in (
+            "contrast",
+            "noise",
+            "fibre_radius",
+            "ring_strength",
+            "blur",
+            "cupping",
+            "fibre_fraction",
+            "pore_fraction",
+        )
         if getattr(args, k) is not None
     }
     return replace(cfg, **changes)
@@ -194,8 +223,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from napari_tomoseg.core.metrics import phase_fractions
 
     fr = phase_fractions(ph.labels, 3)
-    print(f"wrote {vol_path} ({ph.volume.dtype}, {ph.volume.shape}) and {lab_path}; "
-          + ", ".join(f"{n} {100 * f:.2f} %" for n, f in zip(COMPOSITE_PHASES.names, fr, strict=True)))
+    print(
+        f"wrote {vol_path} ({ph.volume.dtype}, {ph.volume.shape}) and {lab_path}; "
+        + ", ".join(f"{n} {100 * f:.2f} %" for n, f in zip(COMPOSITE_PHASES.names, fr, strict=True))
+    )
     return 0
 
 
@@ -298,42 +329,60 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model file (.safetensors); the bundled model if absent")
     p.add_argument("--mode", choices=["2d", "2d-3axes", "2.5d", "3d"], help="default: the model's")
-    p.add_argument("--axis", choices=["z", "y", "x"], help="slicing axis for 2D/2.5D (default: the model's)")
-    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--axis", choices=["z", "y", "x"], help="slicing axis for 2D/2.5D (default: the model's)"
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps"
+    )
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--tile", type=int, help="tile edge in voxels, a multiple of 8 (default: the model's)")
+    p.add_argument(
+        "--tile", type=int, help="tile edge in voxels, a multiple of 8 (default: the model's)"
+    )
     p.add_argument("--overlap", type=int, help="tile overlap in voxels (default: the model's)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tomoseg", description="Segment tomography volumes of materials into phases.")
+    parser = argparse.ArgumentParser(
+        prog="tomoseg", description="Segment tomography volumes of materials into phases."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="make a phantom, segment it with the bundled model, print per-phase Jaccard")
+    p = sub.add_parser(
+        "demo", help="make a phantom, segment it with the bundled model, print per-phase Jaccard"
+    )
     p.add_argument("--shape", type=int, nargs=3, default=[128, 128, 128], metavar=("Z", "Y", "X"))
-    p.add_argument("--seed", type=int, default=0, help="phantom seed (0..99 are never used in training)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="phantom seed (0..99 are never used in training)"
+    )
     p.add_argument("--output", help="folder for the files (default: a new ./tomoseg-demo folder)")
     _add_inference_options(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("segment", help="segment a volume into phases")
     p.add_argument("input", help="volume: .tif/.tiff stack, folder of TIFF slices, .npy, .zarr")
-    p.add_argument("-o", "--output", required=True, help="label file to write (.tif, .npy or .zarr)")
+    p.add_argument(
+        "-o", "--output", required=True, help="label file to write (.tif, .npy or .zarr)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _add_inference_options(p)
     p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser("evaluate", help="per-phase Jaccard of a prediction against reference labels")
+    p = sub.add_parser(
+        "evaluate", help="per-phase Jaccard of a prediction against reference labels"
+    )
     p.add_argument("prediction")
     p.add_argument("reference", help="labels 1..C; 0 = not annotated (ignored)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("synth", help="write a synthetic glass-fibre composite volume and its ground truth")
+    p = sub.add_parser(
+        "synth", help="write a synthetic glass-fibre composite volume and its ground truth"
+    )
     p.add_argument("-o", "--output", required=True, help="volume file (.tif, .npy, .zarr)")
     p.add_argument("--labels", required=True, help="ground-truth label file")
     p.add_argument("--seed", type=int, default=0)
@@ -363,13 +412,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         print("tomoseg: interrupted; no output was written", file=sys.stderr)
         return 130
-    except (CliError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ImportError) as err:
+    except (
+        CliError,
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        PermissionError,
+        ImportError,
+    ) as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"tomoseg: error: {msg}", file=sys.stderr)
         return 1

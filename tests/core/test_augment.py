@@ -20,7 +20,9 @@ def test_group_sizes_and_distinct_results():
 def test_channels_untouched_and_labels_follow_image():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, (8, 8))
-    image = np.stack([labels * 1.0, labels * 2.0]).astype(np.float32)  # channels derived from labels
+    image = np.stack([labels * 1.0, labels * 2.0]).astype(
+        np.float32
+    )  # channels derived from labels
     for _ in range(20):
         img, lab = random_dihedral(image, labels, rng)
         np.testing.assert_array_equal(img[0], lab)

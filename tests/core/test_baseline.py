@@ -63,14 +63,18 @@ def test_uint16_uses_one_bin_per_value() -> None:
     lab = np.array([1, 1, 2, 2, 2], np.uint8)
     clf = GreyLevelClassifier(2).fit(vol, lab)
     assert clf.n_bins == 65536 and clf.mode == "exact"
-    np.testing.assert_array_equal(clf.predict(np.array([0, 100, 20049, 20051, 40000, 65535], np.uint16)), [1, 1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(
+        clf.predict(np.array([0, 100, 20049, 20051, 40000, 65535], np.uint16)), [1, 1, 1, 2, 2, 2]
+    )
 
 
 def test_signed_integers_with_negative_values() -> None:
     vol = np.array([-50, -50, 7, 7], np.int16)
     lab = np.array([1, 1, 2, 2], np.uint8)
     clf = GreyLevelClassifier(2).fit(vol, lab)
-    np.testing.assert_array_equal(clf.predict(np.array([-32768, -50, -22, -21, 7, 32767], np.int16)), [1, 1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(
+        clf.predict(np.array([-32768, -50, -22, -21, 7, 32767], np.int16)), [1, 1, 1, 2, 2, 2]
+    )
 
 
 def test_wide_integer_span_is_quantised() -> None:
@@ -78,7 +82,9 @@ def test_wide_integer_span_is_quantised() -> None:
     lab = np.array([1, 1, 2, 2], np.uint8)
     clf = GreyLevelClassifier(2).fit(vol, lab)
     assert clf.mode == "quantised" and clf.n_bins == baseline.N_FLOAT_BINS
-    np.testing.assert_array_equal(clf.predict(np.array([-5, 3, 1_999_999_999], np.int64)), [1, 1, 2])
+    np.testing.assert_array_equal(
+        clf.predict(np.array([-5, 3, 1_999_999_999], np.int64)), [1, 1, 2]
+    )
 
 
 def test_small_span_int32_keeps_exact_bins() -> None:
@@ -86,7 +92,9 @@ def test_small_span_int32_keeps_exact_bins() -> None:
     lab = np.array([1, 2, 2], np.uint8)
     clf = GreyLevelClassifier(2).fit(vol, lab)
     assert clf.mode == "exact" and clf.n_bins == 4
-    np.testing.assert_array_equal(clf.predict(np.array([0, 1000, 1001, 1002, 5000], np.int32)), [1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(
+        clf.predict(np.array([0, 1000, 1001, 1002, 5000], np.int32)), [1, 1, 2, 2, 2]
+    )
 
 
 def test_float_volumes_are_quantised_between_robust_limits() -> None:
@@ -152,7 +160,7 @@ def test_rejects_labels_outside_the_phase_range() -> None:
     lab[0] = 7
     with pytest.raises(ValueError, match=r"\[7\].*0\.\.3.*found: \[1, 2, 3, 7\]"):
         GreyLevelClassifier(3).fit(vol, lab)
-    with pytest.raises(ValueError, match="outside the allowed 0..3"):
+    with pytest.raises(ValueError, match=r"outside the allowed 0\.\.3"):
         GreyLevelClassifier(3).fit(vol, np.array([1, -1, 1, 1, 1, 1, 1], np.int8))
 
 
@@ -183,7 +191,7 @@ def test_rejects_nan_in_float_volumes() -> None:
 def test_rejects_mixing_integer_and_float_volumes() -> None:
     vol, lab = toy()
     clf = GreyLevelClassifier(3).fit(vol, lab)
-    with pytest.raises(ValueError, match="integer grey values.*float"):
+    with pytest.raises(ValueError, match=r"integer grey values.*float"):
         clf.predict(vol.astype(np.float32))
 
 

@@ -26,7 +26,9 @@ from napari_tomoseg.core.progress import Cancelled, CancelToken, run_to_completi
 def _model(mode="2d", ndim=2, in_channels=1, tile=32, overlap=8) -> TomosegModel:
     torch.manual_seed(0)
     net = ModularUNet(UNetConfig(ndim=ndim, in_channels=in_channels, base_filters=2))
-    return TomosegModel(net, COMPOSITE_PHASES, defaults=InferenceDefaults(mode=mode, tile=tile, overlap=overlap))
+    return TomosegModel(
+        net, COMPOSITE_PHASES, defaults=InferenceDefaults(mode=mode, tile=tile, overlap=overlap)
+    )
 
 
 def one_hot_of_channel(channel: int | None = None):
@@ -41,9 +43,17 @@ def one_hot_of_channel(channel: int | None = None):
 
 
 def test_tile_starts_cover_with_overlap():
-    for length, tile, overlap in [(100, 32, 8), (33, 32, 4), (32, 32, 8), (1000, 512, 32), (65, 16, 0)]:
+    for length, tile, overlap in [
+        (100, 32, 8),
+        (33, 32, 4),
+        (32, 32, 8),
+        (1000, 512, 32),
+        (65, 16, 0),
+    ]:
         starts = tile_starts(length, tile, overlap)
-        assert starts[0] == 0 and starts[-1] + min(tile, length) == max(length, starts[-1] + min(tile, length))
+        assert starts[0] == 0 and starts[-1] + min(tile, length) == max(
+            length, starts[-1] + min(tile, length)
+        )
         covered = np.zeros(max(length, tile), bool)
         for s in starts:
             covered[s : s + tile] = True
@@ -62,7 +72,9 @@ def test_tile_starts_cover_with_overlap():
 def test_predict_tiled_reproduces_input(shape, tile, overlap, batch, seed):
     overlap = min(overlap, tile // 2)
     images = np.random.default_rng(seed).random((shape[0], 1, *shape[1:]), dtype=np.float32)
-    out = predict_tiled(images, lambda b: b * 1.0, n_out=1, tile=tile, overlap=overlap, batch_size=batch)
+    out = predict_tiled(
+        images, lambda b: b * 1.0, n_out=1, tile=tile, overlap=overlap, batch_size=batch
+    )
     assert out.shape == images.shape
     np.testing.assert_allclose(out, images, rtol=0, atol=2e-6)
 
@@ -70,7 +82,17 @@ def test_predict_tiled_reproduces_input(shape, tile, overlap, batch, seed):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     shape=st.tuples(st.integers(1, 20), st.integers(1, 40), st.integers(1, 40)),
-    mode_axis=st.sampled_from([("2d", "z"), ("2d", "y"), ("2d", "x"), ("2.5d", "z"), ("2.5d", "x"), ("2d-3axes", "z"), ("3d", "z")]),
+    mode_axis=st.sampled_from(
+        [
+            ("2d", "z"),
+            ("2d", "y"),
+            ("2d", "x"),
+            ("2.5d", "z"),
+            ("2.5d", "x"),
+            ("2d-3axes", "z"),
+            ("3d", "z"),
+        ]
+    ),
     tile=st.sampled_from([8, 16, 24]),
     overlap=st.integers(0, 8),
     block=st.integers(1, 12),
@@ -83,7 +105,14 @@ def test_segment_identity_predictor_is_exact(shape, mode_axis, tile, overlap, bl
     volume = np.random.default_rng(seed).integers(1, 4, shape).astype(np.uint8)
     probs = np.zeros((3, *shape), np.float16)
     cfg = InferenceConfig(axis=axis, tile=tile, overlap=min(overlap, tile // 2), block=block)
-    gen = iter_segment(volume, one_hot_of_channel(), cfg, model=model, grey_range=(0.0, 1.0), probabilities_out=probs)
+    gen = iter_segment(
+        volume,
+        one_hot_of_channel(),
+        cfg,
+        model=model,
+        grey_range=(0.0, 1.0),
+        probabilities_out=probs,
+    )
     result = run_to_completion(gen)
     np.testing.assert_array_equal(result.labels, volume)
     np.testing.assert_array_equal(probs.argmax(0) + 1, volume)
@@ -98,8 +127,12 @@ def test_25d_channels_are_neighbouring_slices_in_order():
         cfg = InferenceConfig(axis=axis, tile=16, overlap=4, block=4)
         # channel 0 is the previous slice: the output is the volume shifted by one slice,
         # with the mirror image of slice 1 before slice 0.
-        res = run_to_completion(iter_segment(volume, one_hot_of_channel(0), cfg, model=model, grey_range=(0, 1)))
-        expected = np.concatenate([np.take(volume, [1], ax), np.take(volume, range(0, volume.shape[ax] - 1), ax)], ax)
+        res = run_to_completion(
+            iter_segment(volume, one_hot_of_channel(0), cfg, model=model, grey_range=(0, 1))
+        )
+        expected = np.concatenate(
+            [np.take(volume, [1], ax), np.take(volume, range(0, volume.shape[ax] - 1), ax)], ax
+        )
         np.testing.assert_array_equal(res.labels, expected)
 
 
@@ -130,7 +163,9 @@ def test_mask_sets_outside_to_zero():
     mask = np.zeros(volume.shape, bool)
     mask[:, 5:15, 5:15] = True
     cfg = InferenceConfig(tile=16, overlap=4)
-    res = run_to_completion(iter_segment(volume, one_hot_of_channel(), cfg, model=model, grey_range=(0, 1), mask=mask))
+    res = run_to_completion(
+        iter_segment(volume, one_hot_of_channel(), cfg, model=model, grey_range=(0, 1), mask=mask)
+    )
     np.testing.assert_array_equal(res.labels[mask], volume[mask])
     assert (res.labels[~mask] == 0).all()
 
@@ -138,13 +173,26 @@ def test_mask_sets_outside_to_zero():
 def test_progress_events_and_cancel():
     model = _model()
     volume = np.random.default_rng(4).integers(0, 255, (10, 24, 24)).astype(np.uint8)
-    gen = iter_segment(volume, one_hot_of_channel(), InferenceConfig(tile=16, block=3), model=model, grey_range=(0, 255))
+    gen = iter_segment(
+        volume,
+        one_hot_of_channel(),
+        InferenceConfig(tile=16, block=3),
+        model=model,
+        grey_range=(0, 255),
+    )
     events = []
     run_to_completion(gen, events.append)
     assert [e.done for e in events] == [3 * 576, 6 * 576, 9 * 576, 10 * 576]
     assert events[-1].fraction == 1.0
     token = CancelToken()
-    gen = iter_segment(volume, one_hot_of_channel(), InferenceConfig(tile=16, block=3), model=model, grey_range=(0, 255), cancel=token)
+    gen = iter_segment(
+        volume,
+        one_hot_of_channel(),
+        InferenceConfig(tile=16, block=3),
+        model=model,
+        grey_range=(0, 255),
+        cancel=token,
+    )
     next(gen)
     token.cancel()
     with pytest.raises(Cancelled):
@@ -164,7 +212,9 @@ def test_normalisation_is_per_volume_not_per_block():
         seen.append(float(batch.max()))
         return np.zeros((batch.shape[0], 3, *batch.shape[2:]), np.float32) + 1 / 3
 
-    run_to_completion(iter_segment(volume, record, InferenceConfig(tile=16, overlap=0, block=2), model=model))
+    run_to_completion(
+        iter_segment(volume, record, InferenceConfig(tile=16, overlap=0, block=2), model=model)
+    )
     assert seen[0] < seen[-1]  # the bright slab stays brighter than the dark one
 
 
@@ -188,9 +238,13 @@ def test_mode_must_fit_the_model():
     volume = np.zeros((4, 16, 16), np.uint8)
     volume[0, 0, 0] = 1
     with pytest.raises(ValueError, match="3D model"):
-        run_to_completion(iter_segment(volume, one_hot_of_channel(), InferenceConfig(mode="3d"), model=_model()))
+        run_to_completion(
+            iter_segment(volume, one_hot_of_channel(), InferenceConfig(mode="3d"), model=_model())
+        )
     with pytest.raises(ValueError, match="input channel"):
-        run_to_completion(iter_segment(volume, one_hot_of_channel(), InferenceConfig(mode="2.5d"), model=_model()))
+        run_to_completion(
+            iter_segment(volume, one_hot_of_channel(), InferenceConfig(mode="2.5d"), model=_model())
+        )
 
 
 def test_volume_errors():
@@ -198,7 +252,9 @@ def test_volume_errors():
     with pytest.raises(ValueError, match="3D volume"):
         run_to_completion(iter_segment(np.zeros((4, 4)), one_hot_of_channel(), model=model))
     with pytest.raises(ValueError, match="constant"):
-        run_to_completion(iter_segment(np.full((4, 8, 8), 7, np.uint8), one_hot_of_channel(), model=model))
+        run_to_completion(
+            iter_segment(np.full((4, 8, 8), 7, np.uint8), one_hot_of_channel(), model=model)
+        )
     nan = np.ones((4, 8, 8), np.float32)
     nan[1, 2, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):

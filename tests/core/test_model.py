@@ -24,7 +24,9 @@ from napari_tomoseg.core.phases import COMPOSITE_PHASES, PhaseTable
     [(2, 8, 827_763), (2, 16, 3_302_883), (3, 16, 9_893_187)],
 )
 def test_published_parameter_counts(ndim, filters, expected):
-    net = ModularUNet(UNetConfig(ndim=ndim, in_channels=1, n_phases=3, depth=3, base_filters=filters))
+    net = ModularUNet(
+        UNetConfig(ndim=ndim, in_channels=1, n_phases=3, depth=3, base_filters=filters)
+    )
     assert count_parameters(net) == expected
 
 
@@ -34,7 +36,12 @@ def test_published_parameter_counts(ndim, filters, expected):
         (UNetConfig(ndim=2, base_filters=2), (2, 1, 32, 24)),
         (UNetConfig(ndim=2, in_channels=5, base_filters=2), (1, 5, 16, 16)),  # 2.5D
         (UNetConfig(ndim=3, base_filters=2), (1, 1, 16, 8, 24)),
-        (UNetConfig(ndim=2, base_filters=2, residual=False, batch_norm=False, dropout=0.2, depth=2), (2, 1, 8, 12)),
+        (
+            UNetConfig(
+                ndim=2, base_filters=2, residual=False, batch_norm=False, dropout=0.2, depth=2
+            ),
+            (2, 1, 8, 12),
+        ),
     ],
 )
 def test_forward_backward_shapes(cfg, shape):
@@ -61,7 +68,12 @@ def test_input_size_must_be_multiple_of_2_pow_depth():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"ndim": 4}, "ndim"), ({"base_filters": 0}, "base_filters"), ({"dropout": 1.0}, "dropout"), ({"depth": 0}, "depth")],
+    [
+        ({"ndim": 4}, "ndim"),
+        ({"base_filters": 0}, "base_filters"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"depth": 0}, "depth"),
+    ],
 )
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -72,7 +84,11 @@ def _small_model() -> TomosegModel:
     torch.manual_seed(0)
     net = ModularUNet(UNetConfig(base_filters=2))
     return TomosegModel(
-        net, COMPOSITE_PHASES, Normalization(low_percentile=1.0, high_percentile=99.0), InferenceDefaults(tile=64, overlap=8), {"seed": 3}
+        net,
+        COMPOSITE_PHASES,
+        Normalization(low_percentile=1.0, high_percentile=99.0),
+        InferenceDefaults(tile=64, overlap=8),
+        {"seed": 3},
     )
 
 

@@ -107,7 +107,9 @@ def test_degradation_knobs_keep_the_geometry() -> None:
     """Geometry and imaging draw from separate streams: changing noise or contrast keeps the labels."""
     cfg = PhantomConfig(shape=SMALL)
     a = make_phantom(cfg, seed=2)
-    b = make_phantom(dataclasses.replace(cfg, noise=0.1, contrast=0.8, blur=0.6, ring_strength=0.0), seed=2)
+    b = make_phantom(
+        dataclasses.replace(cfg, noise=0.1, contrast=0.8, blur=0.6, ring_strength=0.0), seed=2
+    )
     np.testing.assert_array_equal(a.labels, b.labels)
     assert not np.array_equal(a.volume, b.volume)
 
@@ -167,8 +169,13 @@ def test_parallel_fibres_are_straight_cylinders_through_the_volume() -> None:
 
 def test_tilted_fibres_follow_the_mean_direction() -> None:
     """Fibres along x instead of z: long runs along x, short along z."""
-    cfg = PhantomConfig(shape=(48, 48, 48), fibre_direction=(0.0, 0.0, 2.0), fibre_alignment_spread=0.05,
-                        pore_fraction=0.0, **CLEAN)
+    cfg = PhantomConfig(
+        shape=(48, 48, 48),
+        fibre_direction=(0.0, 0.0, 2.0),
+        fibre_alignment_spread=0.05,
+        pore_fraction=0.0,
+        **CLEAN,
+    )
     assert cfg.fibre_direction == (0.0, 0.0, 1.0)  # normalised
     fibre = make_phantom(cfg, seed=0).labels == 2
     # Chance that the next voxel along an axis is still fibre: high along the fibres only.
@@ -179,9 +186,11 @@ def test_tilted_fibres_follow_the_mean_direction() -> None:
 
 
 def test_fibre_length_puts_fibre_ends_inside_the_volume() -> None:
-    cfg = PhantomConfig(shape=(64, 48, 48), fibre_length=20.0, fibre_alignment_spread=0.0, pore_fraction=0.0)
+    cfg = PhantomConfig(
+        shape=(64, 48, 48), fibre_length=20.0, fibre_alignment_spread=0.0, pore_fraction=0.0
+    )
     fibre = make_phantom(cfg, seed=0).labels == 2
-    components, n = ndimage.label(fibre)
+    components, _ = ndimage.label(fibre)
     extents = [s[0].stop - s[0].start for s in ndimage.find_objects(components)]
     assert np.median(extents) < 40  # short fibres, not columns through all 64 slices
     assert 0.14 <= fibre.mean() <= 0.20  # the fraction is still reached
@@ -200,11 +209,17 @@ def test_pore_touching_fraction_controls_contact_with_fibres() -> None:
 
 
 def test_pores_are_compact_blobs_of_about_the_requested_size() -> None:
-    cfg = PhantomConfig(shape=(48, 64, 64), fibre_fraction=0.0, pore_fraction=0.01, pore_radius=3.0,
-                        pore_aspect_spread=0.0, **CLEAN)
+    cfg = PhantomConfig(
+        shape=(48, 64, 64),
+        fibre_fraction=0.0,
+        pore_fraction=0.01,
+        pore_radius=3.0,
+        pore_aspect_spread=0.0,
+        **CLEAN,
+    )
     pore = make_phantom(cfg, seed=2).labels == 3
     assert 0.008 <= pore.mean() <= 0.013
-    components, n = ndimage.label(pore)
+    components, _ = ndimage.label(pore)
     sizes = np.bincount(components.ravel())[1:]
     assert np.median(sizes) == pytest.approx(4 / 3 * np.pi * 3.0**3, rel=0.5)
 
@@ -215,7 +230,9 @@ EMPTY = {"fibre_fraction": 0.0, "pore_fraction": 0.0, "noise": 0.0, "blur": 0.0}
 
 
 def test_rings_are_concentric_around_the_rotation_axis() -> None:
-    cfg = PhantomConfig(shape=(16, 65, 65), ring_strength=0.3, n_rings=12, ring_centre_offset=0.0, **EMPTY)
+    cfg = PhantomConfig(
+        shape=(16, 65, 65), ring_strength=0.3, n_rings=12, ring_centre_offset=0.0, **EMPTY
+    )
     v = make_phantom(cfg, seed=3).volume.astype(np.int32)
     assert v.std() > 0  # rings are there
     sl = v[v.reshape(16, -1).std(axis=1).argmax()]
@@ -226,7 +243,9 @@ def test_rings_are_concentric_around_the_rotation_axis() -> None:
 
 
 def test_ring_centre_offset_moves_the_rings_off_centre() -> None:
-    cfg = PhantomConfig(shape=(16, 65, 65), ring_strength=0.3, n_rings=12, ring_centre_offset=4.0, **EMPTY)
+    cfg = PhantomConfig(
+        shape=(16, 65, 65), ring_strength=0.3, n_rings=12, ring_centre_offset=4.0, **EMPTY
+    )
     v = make_phantom(cfg, seed=3).volume
     assert any(not np.array_equal(v[z], v[z, ::-1, ::-1]) for z in range(16))
 
@@ -287,7 +306,7 @@ def test_invalid_config_names_the_field(changes: dict[str, object], field: str) 
 
 
 def test_invalid_dtype_lists_the_allowed_values() -> None:
-    with pytest.raises(ValueError, match="uint8.*uint16"):
+    with pytest.raises(ValueError, match=r"uint8.*uint16"):
         PhantomConfig(dtype="int32")  # type: ignore[arg-type]
 
 
@@ -320,7 +339,9 @@ def test_random_config_is_seeded_and_varied() -> None:
         values = [getattr(d, name) for d in draws]
         assert max(values) > 1.5 * min(values), name
     assert any(d.fibre_direction != (1.0, 0.0, 0.0) for d in draws)
-    assert any(d.fibre_length is not None for d in draws) and any(d.fibre_length is None for d in draws)
+    assert any(d.fibre_length is not None for d in draws) and any(
+        d.fibre_length is None for d in draws
+    )
     assert any(d.cupping > 0 for d in draws)
 
 

@@ -13,12 +13,18 @@ def _toy(seed=0, shape=(8, 32, 32)):
     rng = np.random.default_rng(seed)
     labels = np.ones(shape, np.uint8)
     for _ in range(6):
-        z, y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1] - 8), rng.integers(0, shape[2] - 8)
+        z, y, x = (
+            rng.integers(0, shape[0]),
+            rng.integers(0, shape[1] - 8),
+            rng.integers(0, shape[2] - 8),
+        )
         labels[max(0, z - 2) : z + 2, y : y + 8, x : x + 8] = 2
     for _ in range(6):
         z, y, x = (rng.integers(0, s) for s in shape)
         labels[z, max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] = 3
-    image = np.choose(labels - 1, [0.5, 0.8, 0.1]).astype(np.float32) + rng.normal(0, 0.05, shape).astype(np.float32)
+    image = np.choose(labels - 1, [0.5, 0.8, 0.1]).astype(np.float32) + rng.normal(
+        0, 0.05, shape
+    ).astype(np.float32)
     return AnnotatedVolume(image, labels)
 
 
@@ -26,12 +32,26 @@ def test_sampler_crops_only_where_annotated_and_oversamples_rare():
     vol = _toy()
     sparse = np.zeros_like(vol.labels)
     sparse[3] = vol.labels[3]  # one annotated slice
-    sampler = CropSampler([AnnotatedVolume(vol.image, sparse)], n_phases=3, crop=16, axes=(0,), rare_fraction=1.0, seed=0)
+    sampler = CropSampler(
+        [AnnotatedVolume(vol.image, sparse)],
+        n_phases=3,
+        crop=16,
+        axes=(0,),
+        rare_fraction=1.0,
+        seed=0,
+    )
     x, y = sampler.sample(64)
     assert x.shape == (64, 1, 16, 16) and y.shape == (64, 16, 16)
     assert (y > 0).any(dim=(1, 2)).all()  # every crop holds annotations
     with_pore = (y == 3).any(dim=(1, 2)).float().mean().item()
-    plain = CropSampler([AnnotatedVolume(vol.image, sparse)], n_phases=3, crop=16, axes=(0,), rare_fraction=0.0, seed=0)
+    plain = CropSampler(
+        [AnnotatedVolume(vol.image, sparse)],
+        n_phases=3,
+        crop=16,
+        axes=(0,),
+        rare_fraction=0.0,
+        seed=0,
+    )
     _, y0 = plain.sample(64)
     assert with_pore > 1.5 * (y0 == 3).any(dim=(1, 2)).float().mean().item()
 
@@ -67,7 +87,12 @@ def test_training_improves_a_model_and_keeps_the_best():
 
     before = np.nanmean(validate(net.eval()))
     sampler = CropSampler([train], n_phases=3, crop=32, axes=(0,), seed=0)
-    result = fit(net, sampler, TrainConfig(crop=32, batch_size=4, steps=60, validate_every=20, warmup=5), validate=validate)
+    result = fit(
+        net,
+        sampler,
+        TrainConfig(crop=32, batch_size=4, steps=60, validate_every=20, warmup=5),
+        validate=validate,
+    )
     after = np.nanmean(validate(net.eval()))
     assert after > before + 0.2
     assert after > 0.8
@@ -90,7 +115,12 @@ def test_step_budget_is_bitwise_reproducible():
 def test_cancel_stops_and_returns_weights():
     net = ModularUNet(UNetConfig(base_filters=2))
     token = CancelToken()
-    gen = iter_train(net, CropSampler([_toy()], n_phases=3, crop=16), TrainConfig(crop=16, batch_size=2, steps=1000), cancel=token)
+    gen = iter_train(
+        net,
+        CropSampler([_toy()], n_phases=3, crop=16),
+        TrainConfig(crop=16, batch_size=2, steps=1000),
+        cancel=token,
+    )
     next(gen)
     token.cancel()
     with pytest.raises(StopIteration) as stop:
@@ -100,7 +130,12 @@ def test_cancel_stops_and_returns_weights():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({}, "steps or budget"), ({"steps": 0}, "steps"), ({"budget": 0}, "budget"), ({"steps": 1, "crop": 12}, "crop")],
+    [
+        ({}, "steps or budget"),
+        ({"steps": 0}, "steps"),
+        ({"budget": 0}, "budget"),
+        ({"steps": 1, "crop": 12}, "crop"),
+    ],
 )
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):

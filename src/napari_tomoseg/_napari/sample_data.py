@@ -12,7 +12,11 @@ def make_composite(seed: int = 0) -> list[tuple[Any, dict[str, Any], str]]:
     from napari_tomoseg.core.synthetic import make_phantom
 
     ph = make_phantom(seed=seed)
-    colours: dict[int | None, str] = {None: "transparent", 0: "transparent", **COMPOSITE_PHASES.colour_dict()}
+    colours: dict[int | None, str] = {
+        None: "transparent",
+        0: "transparent",
+        **COMPOSITE_PHASES.colour_dict(),
+    }
     return [
         (ph.volume, {"name": "composite", "contrast_limits": (0, 255)}, "image"),
         (
@@ -21,7 +25,10 @@ def make_composite(seed: int = 0) -> list[tuple[Any, dict[str, Any], str]]:
                 "name": "ground truth",
                 "opacity": 0.4,
                 "colormap": colours,
-                "features": {"index": [0, *COMPOSITE_PHASES.ids], "phase": ["none", *COMPOSITE_PHASES.names]},
+                "features": {
+                    "index": [0, *COMPOSITE_PHASES.ids],
+                    "phase": ["none", *COMPOSITE_PHASES.names],
+                },
                 "visible": False,
             },
             "labels",

@@ -26,7 +26,9 @@ def apply_dihedral(
     """Apply a symmetry to the last ``len(perm)`` axes of ``array`` (leading channel axes untouched)."""
     lead = array.ndim - len(perm)
     out = np.transpose(array, (*range(lead), *(lead + p for p in perm)))
-    index = (slice(None),) * lead + tuple(slice(None, None, -1) if f else slice(None) for f in flips)
+    index = (slice(None),) * lead + tuple(
+        slice(None, None, -1) if f else slice(None) for f in flips
+    )
     return out[index]
 
 
@@ -36,7 +38,8 @@ def random_dihedral(
     """The same random symmetry of the square (cube) applied to a (C, *spatial) image and its labels."""
     transforms = dihedral_transforms(labels.ndim)
     perm, flips = transforms[int(rng.integers(len(transforms)))]
-    return apply_dihedral(image, perm, flips), apply_dihedral(labels, perm, flips)
+    image_t: npt.NDArray[np.float32] = apply_dihedral(image, perm, flips)  # type: ignore[assignment]
+    return image_t, apply_dihedral(labels, perm, flips)
 
 
 def random_intensity(

@@ -76,7 +76,9 @@ class GreyLevelClassifier:
         if isinstance(self.n_phases, bool) or not isinstance(self.n_phases, (int, np.integer)):
             raise ValueError(f"n_phases must be an integer in 1..254, got {self.n_phases!r}")
         if not 1 <= self.n_phases <= 254:
-            raise ValueError(f"n_phases must be in 1..254 (phase ids are uint8, 0 is reserved), got {self.n_phases}")
+            raise ValueError(
+                f"n_phases must be in 1..254 (phase ids are uint8, 0 is reserved), got {self.n_phases}"
+            )
 
     @property
     def n_bins(self) -> int:
@@ -102,11 +104,15 @@ class GreyLevelClassifier:
         if lab.shape != vol.shape:
             raise ValueError(f"labels shape {lab.shape} differs from volume shape {vol.shape}")
         if not np.issubdtype(lab.dtype, np.integer):
-            raise ValueError(f"labels must hold integer phase ids 0..{self.n_phases}, got dtype {lab.dtype}")
+            raise ValueError(
+                f"labels must hold integer phase ids 0..{self.n_phases}, got dtype {lab.dtype}"
+            )
         _check_labels(lab, self.n_phases)
         n_annotated = int(np.count_nonzero(lab))
         if n_annotated == 0:
-            raise ValueError("labels hold no annotated voxel (all 0); annotate at least one voxel of a phase")
+            raise ValueError(
+                "labels hold no annotated voxel (all 0); annotate at least one voxel of a phase"
+            )
         if vol.dtype.kind == "f":
             _check_finite(vol, "volume")
 
@@ -152,7 +158,8 @@ class GreyLevelClassifier:
         dt = vol.dtype
         if dt.kind == "b" or (dt.kind in "ui" and dt.itemsize <= 2):
             # Small integer types: the lookup covers the whole dtype, so no range pass is needed.
-            lo, hi = (0, 1) if dt.kind == "b" else (int(np.iinfo(dt).min), int(np.iinfo(dt).max))
+            info = np.iinfo(np.uint8 if dt.kind == "b" else dt)  # type: ignore[type-var]
+            lo, hi = (0, 1) if dt.kind == "b" else (int(info.min), int(info.max))
             self.mode, self.low, self.bin_width = "exact", float(lo), 1.0
             self._n_bins_planned = hi - lo + 1
             return
@@ -211,7 +218,11 @@ def grey_level_baseline(
         from napari_tomoseg.core.metrics import jaccard_per_phase, mean_jaccard
 
         scores = jaccard_per_phase(prediction, reference, n_phases)
-        _log.info("grey-level baseline Jaccard per phase %s, mean %.4f", np.round(scores, 4).tolist(), mean_jaccard(scores))
+        _log.info(
+            "grey-level baseline Jaccard per phase %s, mean %.4f",
+            np.round(scores, 4).tolist(),
+            mean_jaccard(scores),
+        )
     return prediction
 
 
@@ -221,7 +232,9 @@ def grey_level_baseline(
 def _as_volume(volume: npt.ArrayLike, name: str) -> npt.NDArray[np.generic]:
     vol = np.asarray(volume)
     if vol.dtype.kind not in "uifb":
-        raise ValueError(f"{name} must hold integer or floating-point grey values, got dtype {vol.dtype}")
+        raise ValueError(
+            f"{name} must hold integer or floating-point grey values, got dtype {vol.dtype}"
+        )
     if vol.ndim == 0:
         raise ValueError(f"{name} must be an array, got a scalar")
     return vol
@@ -243,7 +256,9 @@ def _check_labels(lab: npt.NDArray[np.integer], n_phases: int) -> None:
 def _check_finite(vol: npt.NDArray[np.generic], name: str) -> None:
     for sl in _slabs(vol.shape):
         if not np.all(np.isfinite(vol[sl])):
-            raise ValueError(f"{name} contains NaN or infinite values; replace or mask them before classifying")
+            raise ValueError(
+                f"{name} contains NaN or infinite values; replace or mask them before classifying"
+            )
 
 
 def _slabs(shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
@@ -254,7 +269,9 @@ def _slabs(shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
     return [(slice(i, min(i + step, shape[0])),) for i in range(0, shape[0], step)]
 
 
-def _annotated_min_max(vol: npt.NDArray[np.generic], lab: npt.NDArray[np.integer]) -> tuple[int, int]:
+def _annotated_min_max(
+    vol: npt.NDArray[np.generic], lab: npt.NDArray[np.integer]
+) -> tuple[int, int]:
     lo, hi = None, None
     for sl in _slabs(vol.shape):
         v = np.asarray(vol[sl])[np.asarray(lab[sl]) > 0]
@@ -266,7 +283,9 @@ def _annotated_min_max(vol: npt.NDArray[np.generic], lab: npt.NDArray[np.integer
     return lo, hi
 
 
-def _annotated_sample(vol: npt.NDArray[np.generic], lab: npt.NDArray[np.integer]) -> npt.NDArray[np.generic]:
+def _annotated_sample(
+    vol: npt.NDArray[np.generic], lab: npt.NDArray[np.integer]
+) -> npt.NDArray[np.generic]:
     """Up to ~``_SUBSAMPLE`` annotated values, taken at a regular stride (deterministic)."""
     n_annotated = int(np.count_nonzero(lab))
     stride = max(1, n_annotated // _SUBSAMPLE)

@@ -46,9 +46,15 @@ def resolve_device(device: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is visible to torch; use --device cpu or auto")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device 'mps' requested but Apple MPS is not available; use --device cpu or auto")
+        raise ValueError(
+            "device 'cuda' requested but no CUDA GPU is visible to torch; use --device cpu or auto"
+        )
+    if device == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ValueError(
+            "device 'mps' requested but Apple MPS is not available; use --device cpu or auto"
+        )
     if device not in ("cpu", "mps") and not device.startswith("cuda"):
         raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
     return torch.device(device)
@@ -103,7 +109,9 @@ def fold_batch_norm(network: nn.Module) -> nn.Module:
                 kids, new, i = list(child.children()), [], 0
                 while i < len(kids):
                     conv, nxt = kids[i], kids[i + 1] if i + 1 < len(kids) else None
-                    if isinstance(conv, nn.modules.conv._ConvNd) and isinstance(nxt, nn.modules.batchnorm._BatchNorm):
+                    if isinstance(conv, nn.modules.conv._ConvNd) and isinstance(
+                        nxt, nn.modules.batchnorm._BatchNorm
+                    ):
                         transpose = isinstance(conv, nn.modules.conv._ConvTransposeNd)
                         new.append(fuse_conv_bn_eval(conv, nxt, transpose=transpose))  # type: ignore[arg-type]
                         i += 2
@@ -131,12 +139,16 @@ class Predictor:
         ``auto`` uses bf16 on GPUs and on CPUs with native bf16, fp32 elsewhere.
     """
 
-    def __init__(self, model: TomosegModel, *, device: str = "auto", precision: Precision = "auto") -> None:
+    def __init__(
+        self, model: TomosegModel, *, device: str = "auto", precision: Precision = "auto"
+    ) -> None:
         self.model = model
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         net = fold_batch_norm(model.network)
-        self._memory_format = torch.channels_last if model.config.ndim == 2 else torch.channels_last_3d
+        self._memory_format = (
+            torch.channels_last if model.config.ndim == 2 else torch.channels_last_3d
+        )
         self.network = net.to(self.device).to(memory_format=self._memory_format)
 
     @property
@@ -150,8 +162,9 @@ class Predictor:
     def __call__(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
         x = x.contiguous(memory_format=self._memory_format)
-        with torch.inference_mode(), torch.autocast(
-            self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32),
         ):
             logits = self.network(x)
         probs = torch.softmax(logits.float(), dim=1)
@@ -231,7 +244,9 @@ def predict_tiled(
     (S, n_out, *spatial) float32 blended probabilities.
     """
     if images.ndim < 4:
-        raise ValueError(f"images must be (S, C_in, *spatial) with 2 or 3 spatial dims, got shape {images.shape}")
+        raise ValueError(
+            f"images must be (S, C_in, *spatial) with 2 or 3 spatial dims, got shape {images.shape}"
+        )
     spatial = images.shape[2:]
     nd = len(spatial)
     tiles = (tile,) * nd if isinstance(tile, int) else tuple(tile)
@@ -257,9 +272,12 @@ def predict_tiled(
             padded = np.pad(padded, width, mode=mode)
             b, a = b - pb, a - pa
     pshape = padded.shape[2:]
-    starts = [tile_starts(length, t, min(overlap, t // 2)) for length, t in zip(pshape, eff, strict=True)]
+    starts = [
+        tile_starts(length, t, min(overlap, t // 2)) for length, t in zip(pshape, eff, strict=True)
+    ]
     windows = [
-        [_window(t, st, i, min(overlap, t // 2)) for i in range(len(st))] for t, st in zip(eff, starts, strict=True)
+        [_window(t, st, i, min(overlap, t // 2)) for i in range(len(st))]
+        for t, st in zip(eff, starts, strict=True)
     ]
     out = np.zeros((images.shape[0], n_out, *pshape), np.float32)
     wsum = np.zeros(pshape, np.float32)
@@ -272,11 +290,18 @@ def predict_tiled(
         if cancel is not None and cancel.cancelled:
             raise Cancelled("segmentation stopped")
         chunk = jobs[j0 : j0 + batch_size]
-        regions = [tuple(slice(starts[a][i], starts[a][i] + eff[a]) for a, i in enumerate(idx)) for _, idx in chunk]
-        batch = np.stack([padded[(s, slice(None), *r)] for (s, _), r in zip(chunk, regions, strict=True)])
+        regions = [
+            tuple(slice(starts[a][i], starts[a][i] + eff[a]) for a, i in enumerate(idx))
+            for _, idx in chunk
+        ]
+        batch = np.stack(
+            [padded[(s, slice(None), *r)] for (s, _), r in zip(chunk, regions, strict=True)]
+        )
         probs = predict(batch)
         if probs.shape != (len(chunk), n_out, *eff):
-            raise ValueError(f"predictor returned shape {probs.shape}, expected {(len(chunk), n_out, *eff)}")
+            raise ValueError(
+                f"predictor returned shape {probs.shape}, expected {(len(chunk), n_out, *eff)}"
+            )
         for k, ((s, idx), r) in enumerate(zip(chunk, regions, strict=True)):
             w = _outer([windows[a][i] for a, i in enumerate(idx)])
             out[(s, slice(None), *r)] += probs[k] * w
@@ -331,7 +356,9 @@ class InferenceConfig:
         if self.axis is not None and self.axis not in AXES:
             raise ValueError(f"axis must be one of {tuple(AXES)}, got {self.axis!r}")
         if self.tile is not None and (self.tile < 8 or self.tile % 8):
-            raise ValueError(f"tile must be a multiple of 8 and at least 8 (the network's minimum), got {self.tile}")
+            raise ValueError(
+                f"tile must be a multiple of 8 and at least 8 (the network's minimum), got {self.tile}"
+            )
         if self.overlap is not None and self.overlap < 0:
             raise ValueError(f"overlap must be >= 0, got {self.overlap}")
         if self.tile is not None and self.overlap is not None and self.overlap > self.tile // 2:
@@ -366,7 +393,9 @@ class SegmentResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve(config: InferenceConfig, model: TomosegModel, shape: tuple[int, ...]) -> ResolvedInference:
+def resolve(
+    config: InferenceConfig, model: TomosegModel, shape: tuple[int, ...]
+) -> ResolvedInference:
     """Fill ``None`` fields from the model's defaults and check they fit the model and volume."""
     d = model.defaults
     mode = config.mode or d.mode
@@ -382,7 +411,9 @@ def resolve(config: InferenceConfig, model: TomosegModel, shape: tuple[int, ...]
         )
     tile = config.tile or d.tile
     if tile % cfg.multiple:
-        raise ValueError(f"tile {tile} must be a multiple of {cfg.multiple} for this network (depth {cfg.depth})")
+        raise ValueError(
+            f"tile {tile} must be a multiple of {cfg.multiple} for this network (depth {cfg.depth})"
+        )
     overlap = d.overlap if config.overlap is None else config.overlap
     overlap = min(overlap, tile // 2)
     if config.block is not None:
@@ -391,7 +422,9 @@ def resolve(config: InferenceConfig, model: TomosegModel, shape: tuple[int, ...]
         block = 8
     else:
         block = 64 if mode == "3d" else 96
-    return ResolvedInference(mode, AXES[config.axis or d.axis], tile, overlap, config.batch_size, block)
+    return ResolvedInference(
+        mode, AXES[config.axis or d.axis], tile, overlap, config.batch_size, block
+    )
 
 
 def _read(volume: Any, region: tuple[slice, ...]) -> npt.NDArray[Any]:
@@ -411,7 +444,11 @@ def _slab_images(
     if h:
         pb, pa = h - (i0 - a0), h - (a1 - i1)
         if pb or pa:
-            block = np.pad(block, ((pb, pa), (0, 0), (0, 0)), mode="reflect" if block.shape[0] > max(pb, pa) else "edge")
+            block = np.pad(
+                block,
+                ((pb, pa), (0, 0), (0, 0)),
+                mode="reflect" if block.shape[0] > max(pb, pa) else "edge",
+            )
         s = i1 - i0
         return np.stack([block[c : c + s] for c in range(k)], axis=1)
     return block[:, None]
@@ -437,7 +474,10 @@ def _regions(shape: tuple[int, ...], r: ResolvedInference) -> list[tuple[slice, 
             out.append(tuple(slice(*s.indices(shape[a])[:2]) for a, s in enumerate(reg)))
         return out  # type: ignore[return-value]
     if r.mode == "3d":
-        return [(slice(i, min(i + r.block, shape[0])), slice(0, shape[1]), slice(0, shape[2])) for i in range(0, shape[0], r.block)]
+        return [
+            (slice(i, min(i + r.block, shape[0])), slice(0, shape[1]), slice(0, shape[2]))
+            for i in range(0, shape[0], r.block)
+        ]
     return list(_blocks(shape, r.block))
 
 
@@ -454,7 +494,9 @@ def _predict_region(
     cancel: CancelToken | None,
 ) -> npt.NDArray[np.float32]:
     """(C, *region shape) probabilities for one block of the volume."""
-    common = dict(n_out=n_out, overlap=r.overlap, batch_size=r.batch_size, multiple=multiple, cancel=cancel)
+    common = dict(
+        n_out=n_out, overlap=r.overlap, batch_size=r.batch_size, multiple=multiple, cancel=cancel
+    )
     if r.mode in ("2d", "2.5d"):
         s = region[r.axis]
         imgs = _slab_images(volume, r.axis, s.start, s.stop, in_channels, lo, hi)
@@ -464,9 +506,14 @@ def _predict_region(
     # 3D and multi-axis: read the block with a halo of real neighbours on every axis.
     halo = r.overlap
     shape = volume.shape
-    outer = tuple(slice(max(0, s.start - halo), min(n, s.stop + halo)) for s, n in zip(region, shape, strict=True))
+    outer = tuple(
+        slice(max(0, s.start - halo), min(n, s.stop + halo))
+        for s, n in zip(region, shape, strict=True)
+    )
     block = apply_range(_read(volume, outer), lo, hi)
-    inner = tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(region, outer, strict=True))
+    inner = tuple(
+        slice(s.start - o.start, s.stop - o.start) for s, o in zip(region, outer, strict=True)
+    )
     if r.mode == "3d":
         probs = predict_tiled(block[None, None], predict, tile=r.tile, **common)[0]  # type: ignore[arg-type]
     else:
@@ -535,7 +582,16 @@ def iter_segment(
         if cancel is not None and cancel.cancelled:
             raise Cancelled("segmentation stopped")
         probs = _predict_region(
-            volume, region, predictor, r, n_out, model.config.in_channels, model.config.multiple, lo, hi, cancel
+            volume,
+            region,
+            predictor,
+            r,
+            n_out,
+            model.config.in_channels,
+            model.config.multiple,
+            lo,
+            hi,
+            cancel,
         )
         labels = (np.argmax(probs, axis=0) + 1).astype(np.uint8)
         if mask is not None:

@@ -11,11 +11,19 @@ import torch.nn.functional as F
 
 
 def _check(logits: torch.Tensor, target: torch.Tensor) -> None:
-    if logits.ndim != target.ndim + 1 or logits.shape[0] != target.shape[0] or logits.shape[2:] != target.shape[1:]:
-        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(target.shape)} do not match")
+    if (
+        logits.ndim != target.ndim + 1
+        or logits.shape[0] != target.shape[0]
+        or logits.shape[2:] != target.shape[1:]
+    ):
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and targets {tuple(target.shape)} do not match"
+        )
 
 
-def soft_jaccard_loss(logits: torch.Tensor, target: torch.Tensor, *, smooth: float = 1.0) -> torch.Tensor:
+def soft_jaccard_loss(
+    logits: torch.Tensor, target: torch.Tensor, *, smooth: float = 1.0
+) -> torch.Tensor:
     """Mean over phases of ``1 - (I + s) / (sum y^2 + sum p^2 - I + s)`` on annotated voxels.
 
     ``y`` is the one-hot target, ``p`` the softmax, ``I = sum y p``. Averaging over phases makes a phase

@@ -112,7 +112,11 @@ class ConfusionAccumulator:
         self.matrix = np.zeros((self.n_phases + 1, self.n_phases + 1), dtype=np.int64)
 
     def update(
-        self, prediction: npt.ArrayLike, reference: npt.ArrayLike, *, mask: npt.ArrayLike | None = None
+        self,
+        prediction: npt.ArrayLike,
+        reference: npt.ArrayLike,
+        *,
+        mask: npt.ArrayLike | None = None,
     ) -> None:
         self.matrix += confusion_matrix(prediction, reference, self.n_phases, mask=mask)
 

@@ -146,7 +146,9 @@ class ModularUNet(nn.Module):
             self.encoder.append(Block(cfg, c, f * 2**i, c_out))
             self.down.append(
                 nn.Sequential(
-                    conv(c_out, c_out, 3, stride=2, padding=1), _norm(nd, c_out, bn), nn.ReLU(inplace=True)
+                    conv(c_out, c_out, 3, stride=2, padding=1),
+                    _norm(nd, c_out, bn),
+                    nn.ReLU(inplace=True),
                 )
             )
             c = c_out
@@ -170,7 +172,9 @@ class ModularUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.cfg.multiple
         if any(s % m for s in x.shape[2:]):
-            raise ValueError(f"spatial size {tuple(x.shape[2:])} must be a multiple of {m} (2**depth)")
+            raise ValueError(
+                f"spatial size {tuple(x.shape[2:])} must be a multiple of {m} (2**depth)"
+            )
         skips = []
         for enc, down in zip(self.encoder, self.down, strict=True):
             x = enc(x)
@@ -205,7 +209,9 @@ class InferenceDefaults:
         if self.tile < 8:
             raise ValueError(f"tile must be >= 8, got {self.tile}")
         if not 0 <= self.overlap <= self.tile // 2:
-            raise ValueError(f"overlap must be in 0..{self.tile // 2} for tile {self.tile}, got {self.overlap}")
+            raise ValueError(
+                f"overlap must be in 0..{self.tile // 2} for tile {self.tile}, got {self.overlap}"
+            )
 
 
 @dataclass
@@ -222,7 +228,9 @@ class TomosegModel:
     def __post_init__(self) -> None:
         cfg = self.network.cfg
         if cfg.n_phases != len(self.phases):
-            raise ValueError(f"network predicts {cfg.n_phases} phases but the phase table has {len(self.phases)}")
+            raise ValueError(
+                f"network predicts {cfg.n_phases} phases but the phase table has {len(self.phases)}"
+            )
         if self.defaults.mode == "3d" and cfg.ndim != 3:
             raise ValueError("mode '3d' needs a 3D network (UNetConfig.ndim=3)")
         if self.defaults.mode != "3d" and cfg.ndim != 2:
@@ -241,7 +249,9 @@ class TomosegModel:
         return replace(self, defaults=replace(self.defaults, **changes))
 
 
-def save_model(path: str | os.PathLike[str], model: TomosegModel, *, overwrite: bool = False) -> Path:
+def save_model(
+    path: str | os.PathLike[str], model: TomosegModel, *, overwrite: bool = False
+) -> Path:
     """Write ``model`` to one ``.safetensors`` file (weights + JSON metadata), atomically.
 
     Raises
@@ -302,7 +312,9 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ModelFileError(f"{path}: not a readable .safetensors model file ({err}); it may be truncated or corrupt") from err
+        raise ModelFileError(
+            f"{path}: not a readable .safetensors model file ({err}); it may be truncated or corrupt"
+        ) from err
     if meta.get("format") != FORMAT:
         raise ModelFileError(
             f"{path}: not a napari-tomoseg model (metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r})"
@@ -330,10 +342,14 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
             )
             if s
         )
-        raise ModelFileError(f"{path}: weights do not match the architecture in its metadata ({detail})")
+        raise ModelFileError(
+            f"{path}: weights do not match the architecture in its metadata ({detail})"
+        )
     for k, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ModelFileError(f"{path}: tensor {k!r} holds NaN or inf; the model is broken (retrain it)")
+            raise ModelFileError(
+                f"{path}: tensor {k!r} holds NaN or inf; the model is broken (retrain it)"
+            )
     network.load_state_dict(tensors)
     network.eval().to(device)
     try:

@@ -46,7 +46,10 @@ def subsample(volume: Any, max_samples: int = 4_000_000) -> npt.NDArray[Any]:
     if n <= max_samples:
         return np.asarray(volume[...]).ravel()
     # Stride slices along z first (cheap for slice-stored formats), then in-plane.
-    step_z = max(1, int(np.ceil(shape[0] / max(1, min(shape[0], max_samples // (shape[1] * shape[2]) or 64)))))
+    step_z = max(
+        1,
+        int(np.ceil(shape[0] / max(1, min(shape[0], max_samples // (shape[1] * shape[2]) or 64)))),
+    )
     step_z = max(step_z, 1)
     slab = np.asarray(volume[::step_z])
     step = max(1, int(np.ceil((slab.size / max_samples) ** 0.5)))
@@ -65,7 +68,9 @@ def robust_range(
     """
     values = subsample(volume, max_samples).astype(np.float64, copy=False)
     if not np.isfinite(values).all():
-        raise ValueError("volume holds NaN or inf values; replace them (e.g. np.nan_to_num) before segmenting")
+        raise ValueError(
+            "volume holds NaN or inf values; replace them (e.g. np.nan_to_num) before segmenting"
+        )
     lo, hi = np.percentile(values, [low, high])
     if not hi > lo:
         lo, hi = float(values.min()), float(values.max())

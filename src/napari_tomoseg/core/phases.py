@@ -35,11 +35,15 @@ class Phase:
 
     def __post_init__(self) -> None:
         if not 1 <= self.id <= MAX_PHASES:
-            raise ValueError(f"phase id must be in 1..{MAX_PHASES} (0 means 'not annotated'), got {self.id}")
+            raise ValueError(
+                f"phase id must be in 1..{MAX_PHASES} (0 means 'not annotated'), got {self.id}"
+            )
         if not self.name or not self.name.strip():
             raise ValueError(f"phase {self.id} needs a non-empty name")
         if not _HEX.match(self.colour):
-            raise ValueError(f"phase {self.name!r}: colour must look like '#rrggbb', got {self.colour!r}")
+            raise ValueError(
+                f"phase {self.name!r}: colour must look like '#rrggbb', got {self.colour!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,9 @@ class PhaseTable:
             colours = [DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)] for i in range(len(names))]
         if len(colours) != len(names):
             raise ValueError(f"got {len(names)} phase names but {len(colours)} colours")
-        return cls(tuple(Phase(i + 1, n, c) for i, (n, c) in enumerate(zip(names, colours, strict=True))))
+        return cls(
+            tuple(Phase(i + 1, n, c) for i, (n, c) in enumerate(zip(names, colours, strict=True)))
+        )
 
     @classmethod
     def from_json(cls, items: Iterable[dict[str, object]]) -> PhaseTable:
@@ -102,4 +108,6 @@ class PhaseTable:
 
 
 #: The phases of the synthetic glass-fibre composite and of the bundled model.
-COMPOSITE_PHASES = PhaseTable.from_names(("matrix", "fibre", "pore"), ("#8c8c8c", "#e69f00", "#0072b2"))
+COMPOSITE_PHASES = PhaseTable.from_names(
+    ("matrix", "fibre", "pore"), ("#8c8c8c", "#e69f00", "#0072b2")
+)

@@ -8,7 +8,7 @@ and live layers; notebooks call the convenience wrapper that runs the generator 
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -53,12 +53,13 @@ class SegmentProgress:
         return self.elapsed * (self.total - self.done) / self.done if self.done else float("nan")
 
 
-def run_to_completion(gen: Generator[E, None, R], callback: object | None = None) -> R:
-    """Drive an operation generator to its end, passing each event to ``callback`` (if callable)."""
+def run_to_completion(gen: Generator[E, None, R], callback: Callable[[E], object] | None = None) -> R:
+    """Drive an operation generator to its end, passing each event to ``callback``; return its result."""
     while True:
         try:
             event = next(gen)
         except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        if callable(callback):
+            result: R = stop.value
+            return result
+        if callback is not None:
             callback(event)

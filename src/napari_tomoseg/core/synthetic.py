@@ -53,8 +53,14 @@ def _check_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
 
 
-def _check_range(name: str, value: float, lo: float, hi: float, text: str, *, hi_open: bool = False) -> None:
-    ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and not math.isnan(value)
+def _check_range(
+    name: str, value: float, lo: float, hi: float, text: str, *, hi_open: bool = False
+) -> None:
+    ok = (
+        isinstance(value, (int, float, np.number))
+        and not isinstance(value, bool)
+        and not math.isnan(value)
+    )
     if ok:
         ok = lo <= value < hi if hi_open else lo <= value <= hi
     if not ok:
@@ -166,7 +172,9 @@ class PhantomConfig:
     def __post_init__(self) -> None:
         shape = tuple(self.shape)
         if len(shape) != 3 or not all(_is_int(s) and s >= _MIN_SIDE for s in shape):
-            raise ValueError(f"shape must be 3 integers (z, y, x), each >= {_MIN_SIDE}; got {self.shape!r}")
+            raise ValueError(
+                f"shape must be 3 integers (z, y, x), each >= {_MIN_SIDE}; got {self.shape!r}"
+            )
         object.__setattr__(self, "shape", tuple(int(s) for s in shape))
 
         direction = np.asarray(self.fibre_direction, dtype=np.float64)
@@ -179,7 +187,9 @@ class PhantomConfig:
 
         window = tuple(self.grey_window)
         if len(window) != 2 or not (0.0 <= window[0] < window[1] <= 1.0):
-            raise ValueError(f"grey_window must be (low, high) with 0 <= low < high <= 1; got {self.grey_window!r}")
+            raise ValueError(
+                f"grey_window must be (low, high) with 0 <= low < high <= 1; got {self.grey_window!r}"
+            )
         object.__setattr__(self, "grey_window", (float(window[0]), float(window[1])))
 
         _check_range("fibre_fraction", self.fibre_fraction, 0.0, 0.6, "[0, 0.6)", hi_open=True)
@@ -193,14 +203,25 @@ class PhantomConfig:
         _check_positive("pore_radius", self.pore_radius)
         _check_positive("contrast", self.contrast)
         _check_range("fibre_radius_spread", self.fibre_radius_spread, 0.0, 0.5, "[0, 0.5]")
-        _check_range("fibre_alignment_spread", self.fibre_alignment_spread, 0.0, math.pi / 2, "[0, pi/2]")
+        _check_range(
+            "fibre_alignment_spread", self.fibre_alignment_spread, 0.0, math.pi / 2, "[0, pi/2]"
+        )
         _check_range("fibre_max_overlap", self.fibre_max_overlap, 0.0, 1.0, "[0, 1]")
         _check_range("pore_aspect_spread", self.pore_aspect_spread, 0.0, 1.0, "[0, 1]")
         _check_range("pore_touching_fraction", self.pore_touching_fraction, 0.0, 1.0, "[0, 1]")
         if not (0.0 < self.pore_contrast <= 1.0):
-            raise ValueError(f"pore_contrast must be in (0, 1] (pore level 1 - pore_contrast >= 0); got {self.pore_contrast}")
+            raise ValueError(
+                f"pore_contrast must be in (0, 1] (pore level 1 - pore_contrast >= 0); got {self.pore_contrast}"
+            )
         _check_range("cupping", self.cupping, 0.0, 1.0, "[0, 1)", hi_open=True)
-        for name in ("edge_enhancement", "blur", "noise", "noise_correlation", "ring_strength", "ring_centre_offset"):
+        for name in (
+            "edge_enhancement",
+            "blur",
+            "noise",
+            "noise_correlation",
+            "ring_strength",
+            "ring_centre_offset",
+        ):
             _check_range(name, getattr(self, name), 0.0, math.inf, "[0, inf)", hi_open=True)
         if self.fibre_length is not None:
             _check_positive("fibre_length", self.fibre_length)
@@ -418,16 +439,23 @@ def _place_fibres(
     for _ in range(max_attempts):
         if filled >= target:
             break
-        radius = config.fibre_radius * float(np.clip(1 + config.fibre_radius_spread * rng.standard_normal(), 0.5, 1.5))
+        radius = config.fibre_radius * float(
+            np.clip(1 + config.fibre_radius_spread * rng.standard_normal(), 0.5, 1.5)
+        )
         direction = _tilted(mean_dir, basis, config.fibre_alignment_spread, rng)
         if config.fibre_length is None:
             half_length = math.inf
         else:
-            half_length = 0.5 * config.fibre_length * float(np.clip(rng.lognormal(0.0, 0.3), 0.3, 3.0))
+            half_length = (
+                0.5 * config.fibre_length * float(np.clip(rng.lognormal(0.0, 0.3), 0.3, 3.0))
+            )
         centre = rng.uniform(0.0, 1.0, 3) * (np.asarray(shape) - 1)
         # Cheap probe first: where the new axis runs inside earlier fibres, the overlap is deep.
         probe = _cylinder_window(centre, direction, radius, half_length, shape, axis_only=True)
-        if probe is None or np.count_nonzero(flat[probe[0]] < 0) > config.fibre_max_overlap * probe[0].size:
+        if (
+            probe is None
+            or np.count_nonzero(flat[probe[0]] < 0) > config.fibre_max_overlap * probe[0].size
+        ):
             continue
         window = _cylinder_window(centre, direction, radius, half_length, shape)
         if window is None:
@@ -502,13 +530,21 @@ def _cylinder_window(
     vc = (pc - centre[c])[:, None, :]
     along = va * da + vb * db + vc * dc  # (S, W, W)
     # |v - (v.d) d| rather than sqrt(|v|² - (v.d)²), which cancels catastrophically far along the axis
-    dist = np.sqrt((va - along * da) ** 2 + (vb - along * db) ** 2 + (vc - along * dc) ** 2) - radius
+    dist = (
+        np.sqrt((va - along * da) ** 2 + (vb - along * db) ** 2 + (vc - along * dc) ** 2) - radius
+    )
     if math.isfinite(half_length):
         dist = np.maximum(dist, np.abs(along) - half_length)
-    keep = (dist < _NEAR) & ((pb >= 0) & (pb < shape[b]))[:, :, None] & ((pc >= 0) & (pc < shape[c]))[:, None, :]
+    keep = (
+        (dist < _NEAR)
+        & ((pb >= 0) & (pb < shape[b]))[:, :, None]
+        & ((pc >= 0) & (pc < shape[c]))[:, None, :]
+    )
     if not keep.any():
         return None
-    idx = (s * stride[a])[:, None, None] + (pb * stride[b])[:, :, None] + (pc * stride[c])[:, None, :]
+    idx = (
+        (s * stride[a])[:, None, None] + (pb * stride[b])[:, :, None] + (pc * stride[c])[:, None, :]
+    )
     return idx[keep], dist[keep].astype(np.float32)
 
 
@@ -552,7 +588,9 @@ def _place_pores(
             # Support distance of the ellipsoid along the normal: sinking the centre to 40-100 % of
             # it from the surface makes the pore press against the fibre, as voids do at interfaces.
             support = float(np.sqrt(np.sum((semi * (rot.T @ normal)) ** 2)))
-            centre = f.centre + t * f.direction + normal * (f.radius + support * rng.uniform(0.4, 1.0))
+            centre = (
+                f.centre + t * f.direction + normal * (f.radius + support * rng.uniform(0.4, 1.0))
+            )
             if np.any(centre < 0) or np.any(centre > upper):
                 continue
         else:
@@ -604,7 +642,9 @@ def _ellipsoid_window(
     return idx, dist.astype(np.float32)
 
 
-def _perpendicular_basis(v: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+def _perpendicular_basis(
+    v: npt.NDArray[np.float64],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     helper = np.eye(3)[int(np.argmin(np.abs(v)))]
     e1 = np.cross(v, helper)
     e1 /= np.linalg.norm(e1)
@@ -628,7 +668,9 @@ def _tilted(
     return np.asarray(d / np.linalg.norm(d))
 
 
-def _random_perpendicular(d: npt.NDArray[np.float64], rng: np.random.Generator) -> npt.NDArray[np.float64]:
+def _random_perpendicular(
+    d: npt.NDArray[np.float64], rng: np.random.Generator
+) -> npt.NDArray[np.float64]:
     e1, e2 = _perpendicular_basis(d)
     phi = rng.uniform(0.0, 2 * math.pi)
     return math.cos(phi) * e1 + math.sin(phi) * e2
@@ -644,7 +686,10 @@ def _random_rotation(rng: np.random.Generator) -> npt.NDArray[np.float64]:
 
 
 def _clip_line(
-    centre: npt.NDArray[np.float64], d: npt.NDArray[np.float64], shape: tuple[int, int, int], half_length: float
+    centre: npt.NDArray[np.float64],
+    d: npt.NDArray[np.float64],
+    shape: tuple[int, int, int],
+    half_length: float,
 ) -> tuple[float, float]:
     """Axis-parameter interval where the line ``centre + t d`` lies inside the volume box."""
     t0, t1 = -half_length, half_length
@@ -753,7 +798,9 @@ def _sigmoid(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def _quantise(config: PhantomConfig, image: npt.NDArray[np.float32]) -> npt.NDArray[np.unsignedinteger]:
+def _quantise(
+    config: PhantomConfig, image: npt.NDArray[np.float32]
+) -> npt.NDArray[np.unsignedinteger]:
     """Map the pore and fibre levels onto ``grey_window`` of the dtype's range and round."""
     dtype = np.dtype(config.dtype)
     top = float(np.iinfo(dtype).max)

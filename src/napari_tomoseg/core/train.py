@@ -22,7 +22,7 @@ from torch import nn
 
 from napari_tomoseg.core.augment import random_dihedral, random_intensity
 from napari_tomoseg.core.losses import masked_cross_entropy, phase_weights, soft_jaccard_loss
-from napari_tomoseg.core.progress import CancelToken
+from napari_tomoseg.core.progress import CancelToken, run_to_completion
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,21 @@ class TrainConfig:
         if self.batch_size < 1:
             raise ValueError(f"TrainConfig.batch_size must be >= 1, got {self.batch_size}")
         if not 0.0 <= self.rare_fraction <= 1.0:
-            raise ValueError(f"TrainConfig.rare_fraction must be in [0, 1], got {self.rare_fraction}")
+            raise ValueError(
+                f"TrainConfig.rare_fraction must be in [0, 1], got {self.rare_fraction}"
+            )
         if not 0.0 <= self.class_weight_power <= 1.0:
-            raise ValueError(f"TrainConfig.class_weight_power must be in [0, 1], got {self.class_weight_power}")
+            raise ValueError(
+                f"TrainConfig.class_weight_power must be in [0, 1], got {self.class_weight_power}"
+            )
         if self.loss not in ("jaccard", "jaccard+ce"):
-            raise ValueError(f"TrainConfig.loss must be 'jaccard' or 'jaccard+ce', got {self.loss!r}")
+            raise ValueError(
+                f"TrainConfig.loss must be 'jaccard' or 'jaccard+ce', got {self.loss!r}"
+            )
         if not self.axes or any(a not in (0, 1, 2) for a in self.axes):
-            raise ValueError(f"TrainConfig.axes must be a non-empty subset of (0, 1, 2), got {self.axes}")
+            raise ValueError(
+                f"TrainConfig.axes must be a non-empty subset of (0, 1, 2), got {self.axes}"
+            )
 
 
 @dataclass
@@ -131,7 +139,9 @@ class CropSampler:
             self.points.append(per_phase)
         self.counts = counts[1:]
         if self.counts.sum() == 0:
-            raise ValueError("no annotated voxel: paint at least a few voxels of each phase before training")
+            raise ValueError(
+                "no annotated voxel: paint at least a few voxels of each phase before training"
+            )
         self.present = [p for p in range(n_phases) if self.counts[p] > 0]
 
     def _centre(self) -> tuple[int, tuple[int, int, int]]:
@@ -192,7 +202,9 @@ class CropSampler:
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = [self.sample_one() for _ in range(n)]
-        return torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(np.stack([p[1] for p in pairs]))
+        return torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(
+            np.stack([p[1] for p in pairs])
+        )
 
 
 @dataclass(frozen=True)
@@ -243,7 +255,9 @@ def iter_train(
     torch.manual_seed(config.seed)
     device = torch.device(device)
     network.to(device).train()
-    optimiser = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimiser = torch.optim.AdamW(
+        network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
     counts = torch.as_tensor(sampler.counts)
     # Frequency ** -power weights lift rare phases in sparse annotations; they also push ambiguous
     # boundary voxels towards the rarer phase, so fully labelled data may prefer power 0.
@@ -306,7 +320,12 @@ def iter_train(
         elapsed = time.perf_counter() - t0
         frac = progress_fraction()
         event = TrainProgress(
-            step, float(loss.detach()), lr, elapsed, elapsed * (1 - frac) / frac if frac > 0 else math.nan, val,
+            step,
+            float(loss.detach()),
+            lr,
+            elapsed,
+            elapsed * (1 - frac) / frac if frac > 0 else math.nan,
+            val,
             None if best_mean == -math.inf else best_mean,
         )
         history.append(event)
@@ -325,11 +344,8 @@ def iter_train(
     )
 
 
-def fit(network: nn.Module, sampler: CropSampler, config: TrainConfig, **kwargs: Any) -> TrainResult:
+def fit(
+    network: nn.Module, sampler: CropSampler, config: TrainConfig, **kwargs: Any
+) -> TrainResult:
     """Run :func:`iter_train` to completion."""
-    gen = iter_train(network, sampler, config, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+    return run_to_completion(iter_train(network, sampler, config, **kwargs))
