@@ -141,8 +141,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_tomoseg.core import io
     from napari_tomoseg.core.metrics import confusion_matrix, jaccard_from_confusion
 
-    pred = np.asarray(io.read_volume(args.prediction))
-    ref = np.asarray(io.read_volume(args.reference))
+    pred = io.read_labels(args.prediction)
+    ref = io.read_labels(args.reference)
     if pred.shape != ref.shape:
         raise CliError(
             f"prediction {pred.shape} and reference {ref.shape} differ in shape; they must match voxel for voxel"

@@ -789,6 +789,24 @@ def read_volume(
     return arr
 
 
+def read_labels(path: str | os.PathLike[str], *, dataset: str | None = None) -> np.ndarray:
+    """Read a 3D label volume (phase ids; 0 = none). Unlike :func:`read_volume`, a label volume may
+    hold a single phase everywhere.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a 3D array of integer ids.
+    """
+    p = _existing(path)
+    arr = np.asarray(_reader_for(p)(p, dataset, False))
+    if arr.ndim != 3:
+        raise ValueError(f"{p}: expected 3D labels (z, y, x), got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+        raise ValueError(f"{p}: labels must be integer phase ids, got dtype {arr.dtype}; take the argmax first")
+    return arr
+
+
 # --------------------------------------------------------------------------------------------------
 # metadata
 
