@@ -1,11 +1,13 @@
 """Train the bundled default model on synthetic phantoms (seeded, reproducible).
 
-    python scripts/train_bundled.py --minutes 40 -o src/napari_tomoseg/models/composite-2d.safetensors
+    python scripts/train_bundled.py --minutes 44 -o stage1.safetensors
+    python scripts/train_bundled.py --init stage1.safetensors --minutes 10 --default-fraction 1.0 \
+        --phantoms 12 --lr 6e-4 --seed 1 -o src/napari_tomoseg/models/composite-2d.safetensors --overwrite
 
-Phantoms: half at the default composite settings, the rest from ``random_config`` (contrast,
+Stage 1 (from scratch), phantoms: half at the default composite settings, the rest from ``random_config`` (contrast,
 blur, noise, rings, cupping, fibre size and orientation, pore size, 8/16 bit all varied widely) so that
 the features transfer to users' volumes. Crops come from all three axes, so the model segments
-slices along any axis. Seeds: training phantoms use 1000+, validation 900; demo and tests use 0..99.
+slices along any axis. Stage 2 continues on default-setting phantoms only. Seeds: training phantoms use 1000+, validation 900; demo and tests use 0..99.
 """
 
 from __future__ import annotations
