@@ -24,7 +24,9 @@ def _rgb(hex_colour: str) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("volume")
     ap.add_argument("-o", "--output", required=True)
     ap.add_argument("--model", default=None)

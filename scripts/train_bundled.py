@@ -50,7 +50,9 @@ def make_training_set(
     volumes, configs = [], []
     for i in range(n):
         s = 1000 + seed * 100 + i
-        default = round(i * default_fraction, 6) % 1 < default_fraction  # spread evenly; i = 0 is default
+        default = (
+            round(i * default_fraction, 6) % 1 < default_fraction
+        )  # spread evenly; i = 0 is default
         cfg = replace(PhantomConfig(), shape=shape) if default else random_config(rng, shape=shape)
         ph = make_phantom(cfg, seed=s)
         lo, hi = norm.volume_range(ph.volume)
@@ -76,7 +78,9 @@ def main() -> None:
     ap.add_argument(
         "--axes", default="zzzyx", help="slicing axes of training crops, repeated to weight them"
     )
-    ap.add_argument("--default-fraction", type=float, default=0.5, help="share of phantoms at default settings")
+    ap.add_argument(
+        "--default-fraction", type=float, default=0.5, help="share of phantoms at default settings"
+    )
     ap.add_argument("--init", help="continue from this model file instead of random weights")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
@@ -87,7 +91,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    volumes, configs = make_training_set(args.phantoms, args.seed, tuple(args.shape), args.default_fraction)
+    volumes, configs = make_training_set(
+        args.phantoms, args.seed, tuple(args.shape), args.default_fraction
+    )
     val = make_phantom(replace(PhantomConfig(), shape=(64, 128, 128)), seed=900)
     log.info("made %d phantoms in %.0f s", len(volumes), time.perf_counter() - t0)
 

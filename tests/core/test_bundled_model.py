@@ -43,7 +43,9 @@ def test_bundled_model_thresholds_on_128_cubed(model, seed):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="target not met yet: fibre Jaccard is 0.913-0.934 on seeds 0-2 (see README)")
+@pytest.mark.xfail(
+    strict=True, reason="target not met yet: fibre Jaccard is 0.913-0.934 on seeds 0-2 (see README)"
+)
 def test_bundled_model_fibre_target_on_128_cubed(model):
     scores = [_scores(model, (128, 128, 128), seed=seed)[0][1] for seed in (0, 1, 2)]
     assert min(scores) >= 0.93, scores

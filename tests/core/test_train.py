@@ -90,13 +90,15 @@ def test_training_improves_a_model_and_keeps_the_best():
     result = fit(
         net,
         sampler,
-        TrainConfig(crop=32, batch_size=4, steps=60, validate_every=20, warmup=5),
+        TrainConfig(
+            crop=32, batch_size=4, steps=150, validate_every=30, warmup=5, learning_rate=5e-3
+        ),
         validate=validate,
     )
     after = np.nanmean(validate(net.eval()))
     assert after > before + 0.2
     assert after > 0.8
-    assert result.steps == 60 and result.stopped == "steps"
+    assert result.steps == 150 and result.stopped == "steps"
     assert np.nanmean(result.best_validation) == pytest.approx(after)
     assert result.history[-1].eta == pytest.approx(0.0)
 

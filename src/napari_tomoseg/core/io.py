@@ -803,7 +803,9 @@ def read_labels(path: str | os.PathLike[str], *, dataset: str | None = None) -> 
     if arr.ndim != 3:
         raise ValueError(f"{p}: expected 3D labels (z, y, x), got shape {arr.shape}")
     if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
-        raise ValueError(f"{p}: labels must be integer phase ids, got dtype {arr.dtype}; take the argmax first")
+        raise ValueError(
+            f"{p}: labels must be integer phase ids, got dtype {arr.dtype}; take the argmax first"
+        )
     return arr
 
 
