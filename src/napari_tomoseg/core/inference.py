@@ -203,11 +203,17 @@ def _window(tile: int, starts: list[int], index: int, overlap: int) -> npt.NDArr
     return w
 
 
-def _pad_width(length: int, tile: int, border: int, multiple: int) -> tuple[int, int, int]:
+def _pad_width(length: int, tile: int, border: int, multiple: int, overlap: int) -> tuple[int, int, int]:
     """(pad before, pad after, effective tile) so that the padded length is tileable."""
     before = border
     padded = length + 2 * border
-    t = min(tile, -(-padded // multiple) * multiple)
+    if padded <= tile:
+        t = -(-padded // multiple) * multiple
+    else:
+        # As few tiles as the overlap allows, each shrunk to just cover the length: a fixed tile
+        # of 512 on a 1088 line would compute 1536 (3 tiles), a shrunk one 1152 (3 x 384).
+        n = math.ceil((padded - overlap) / (tile - overlap))
+        t = min(tile, -(-math.ceil((padded + (n - 1) * overlap) / n) // multiple) * multiple)
     after = border + max(0, t - padded)
     return before, after, t
 
@@ -257,7 +263,7 @@ def predict_tiled(
     border = overlap if border is None else border
     pads, eff = [], []
     for length, t in zip(spatial, tiles, strict=True):
-        b, a, te = _pad_width(length, t, border, multiple)
+        b, a, te = _pad_width(length, t, border, multiple, overlap)
         pads.append((b, a))
         eff.append(te)
     mode = "reflect" if min(spatial) > 1 else "edge"
