@@ -215,7 +215,7 @@ def grey_level_baseline(
     """
     prediction = GreyLevelClassifier(n_phases).fit(volume, labels).predict(volume)
     if reference is not None:
-        from napari_tomoseg.core.metrics import jaccard_per_phase, mean_jaccard
+        from .metrics import jaccard_per_phase, mean_jaccard
 
         scores = jaccard_per_phase(prediction, reference, n_phases)
         _log.info(

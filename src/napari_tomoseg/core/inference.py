@@ -22,9 +22,9 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from napari_tomoseg.core.model import AXES, MODES, Mode, TomosegModel
-from napari_tomoseg.core.normalize import apply_range
-from napari_tomoseg.core.progress import Cancelled, CancelToken, SegmentProgress, run_to_completion
+from .model import AXES, MODES, Mode, TomosegModel
+from .normalize import apply_range
+from .progress import Cancelled, CancelToken, SegmentProgress, run_to_completion
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ import numpy.typing as npt
 import tifffile
 import zarr
 
-from napari_tomoseg.core.phases import PhaseTable
+from .phases import PhaseTable
 
 __all__ = [
     "READ_FORMATS",

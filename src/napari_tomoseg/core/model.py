@@ -21,8 +21,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from napari_tomoseg.core.normalize import Normalization
-from napari_tomoseg.core.phases import PhaseTable
+from .normalize import Normalization
+from .phases import PhaseTable
 
 FORMAT = "napari-tomoseg/model/1"
 Mode = Literal["2d", "2d-3axes", "2.5d", "3d"]

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from napari_tomoseg.core.phases import COMPOSITE_PHASES
+from .phases import COMPOSITE_PHASES
 
 __all__ = ["RANDOM_CONFIG_RANGES", "Phantom", "PhantomConfig", "make_phantom", "random_config"]
 

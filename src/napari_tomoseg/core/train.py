@@ -20,9 +20,9 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from napari_tomoseg.core.augment import random_dihedral, random_intensity
-from napari_tomoseg.core.losses import masked_cross_entropy, phase_weights, soft_jaccard_loss
-from napari_tomoseg.core.progress import CancelToken, run_to_completion
+from .augment import random_dihedral, random_intensity
+from .losses import masked_cross_entropy, phase_weights, soft_jaccard_loss
+from .progress import CancelToken, run_to_completion
 
 log = logging.getLogger(__name__)
 
