@@ -406,7 +406,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    # Larger commands live one per module in napari_tomoseg._cli and register themselves.
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"napari_tomoseg._cli.{name}").register(sub)
     return parser
+
+
+#: Modules of ``napari_tomoseg._cli`` that each add one subcommand with ``register(subparsers)``.
+_COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
