@@ -4,7 +4,14 @@ volume --(robust range, once)--> normalised block (slab with halo) --> overlappi
 --> predict (softmax) --> weighted blend --> argmax + 1 --> uint8 phases, written block by block.
 
 Memory is bounded by the block (a slab of slices for 2D / 2.5D, a cube with halos for 3D and
-multi-axis), never by the volume: probabilities exist only for the block being processed.
+multi-axis), never by the volume: probabilities exist only for the block being processed. A memory
+budget (``InferenceConfig.memory``) picks the block and batch sizes (:func:`plan_memory`).
+
+2D and 2.5D default to *valid-region stitching*: each tile carries a halo of ``overlap // 2`` mirrored
+or real context on every side and only its centre is kept, so no probabilities are blended or stored
+(the argmax is taken per tile). Tiles sit on a grid anchored to the slice, and batches always have the
+same shape, so the labels do not depend on the block size (which :mod:`.distributed` relies on).
+A reader thread loads and normalises the next slab while the network runs on the current one.
 """
 
 from __future__ import annotations
@@ -12,8 +19,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,6 +38,7 @@ from .progress import Cancelled, CancelToken, SegmentProgress, run_to_completion
 log = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Stitch = Literal["auto", "valid", "blend"]
 PredictFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 
 
@@ -127,6 +137,14 @@ def fold_batch_norm(network: nn.Module) -> nn.Module:
     return net
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for a device out-of-memory error (CUDA, MPS), which a smaller batch may avoid."""
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(err, oom):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
 class Predictor:
     """Runs a :class:`TomosegModel` on batches of normalised tiles; returns softmax probabilities.
 
@@ -137,6 +155,14 @@ class Predictor:
         ``auto`` (cuda, mps, cpu), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     precision : {"auto", "fp32", "bf16", "fp16"}
         ``auto`` uses bf16 on GPUs and on CPUs with native bf16, fp32 elsewhere.
+
+    Notes
+    -----
+    Batch norm is folded into the convolutions and the network runs channels-last under
+    ``torch.inference_mode``. On CUDA, batches go through a reused pinned host buffer with an
+    asynchronous copy, run under autocast, and only uint8 labels (plus probabilities when asked
+    for) come back. A device out-of-memory error halves the batch (down to one tile) instead of
+    failing; :attr:`max_batch` remembers the size that fitted.
     """
 
     def __init__(
@@ -150,6 +176,8 @@ class Predictor:
             torch.channels_last if model.config.ndim == 2 else torch.channels_last_3d
         )
         self.network = net.to(self.device).to(memory_format=self._memory_format)
+        self.max_batch: int | None = None
+        self._pinned: torch.Tensor | None = None
 
     @property
     def n_phases(self) -> int:
@@ -159,16 +187,95 @@ class Predictor:
     def precision_name(self) -> str:
         return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
-    def __call__(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-        x = x.contiguous(memory_format=self._memory_format)
-        with (
-            torch.inference_mode(),
-            torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32),
+    def _to_device(self, batch: npt.NDArray[np.float32]) -> torch.Tensor:
+        host = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if self.device.type == "cuda":
+            # One pinned staging buffer, grown when needed: page-locked memory makes the copy
+            # asynchronous (non_blocking) and about twice as fast as from pageable memory.
+            n = host.numel()
+            if self._pinned is None or self._pinned.numel() < n:
+                self._pinned = torch.empty(n, dtype=torch.float32).pin_memory()
+            staged = self._pinned[:n].view(host.shape)
+            staged.copy_(host)
+            x = staged.to(self.device, non_blocking=True)
+        else:
+            x = host.to(self.device)
+        return x.contiguous(memory_format=self._memory_format)
+
+    def _logits(self, batch: npt.NDArray[np.float32]) -> torch.Tensor:
+        x = self._to_device(batch)
+        with torch.autocast(
+            self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
         ):
-            logits = self.network(x)
-        probs = torch.softmax(logits.float(), dim=1)
-        return probs.cpu().numpy()
+            return self.network(x).float()
+
+    def __call__(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        with torch.inference_mode():
+            parts = run_halving(
+                lambda b: torch.softmax(self._logits(b), dim=1).cpu().numpy(), batch, self
+            )
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def predict_core(
+        self, batch: npt.NDArray[np.float32], core: tuple[slice, ...], *, probabilities: bool
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32] | None]:
+        """Labels 0..C-1 (argmax) and optionally softmax probabilities of the ``core`` of each tile.
+
+        The argmax is taken on the device, so only uint8 labels travel back unless
+        ``probabilities`` is true.
+        """
+
+        def run(b: npt.NDArray[np.float32]) -> tuple[Any, Any]:
+            logits = self._logits(b)[(slice(None), slice(None), *core)]
+            lab = logits.argmax(1).to(torch.uint8).cpu().numpy()
+            return lab, torch.softmax(logits, dim=1).cpu().numpy() if probabilities else None
+
+        with torch.inference_mode():
+            parts = run_halving(run, batch, self)
+        lab = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+        if not probabilities:
+            return lab, None
+        return lab, np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+
+
+def run_halving(
+    fn: Callable[[npt.NDArray[np.float32]], Any],
+    batch: npt.NDArray[np.float32],
+    owner: Any,
+    *,
+    is_oom: Callable[[BaseException], bool] = is_out_of_memory,
+) -> list[Any]:
+    """Run ``fn`` on ``batch`` in sub-batches, halving ``owner.max_batch`` on out-of-memory errors.
+
+    Returns the list of per-sub-batch results in order. Only when a single tile does not fit is the
+    error raised (with advice). ``owner`` is anything with a ``max_batch`` attribute (the
+    :class:`Predictor`); the size that worked is kept for later batches.
+    """
+    results: list[Any] = []
+    i = 0
+    while i < len(batch):
+        size = min(owner.max_batch or len(batch), len(batch) - i)
+        try:
+            results.append(fn(batch[i : i + size]))
+        except (RuntimeError, MemoryError) as err:
+            if not is_oom(err):
+                raise
+            if size == 1:
+                raise MemoryError(
+                    "the device ran out of memory on a single tile; use a smaller --tile or "
+                    "--device cpu"
+                ) from err
+            owner.max_batch = size // 2
+            log.warning(
+                "out of device memory with %d tiles per batch; retrying with %d",
+                size,
+                owner.max_batch,
+            )
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        i += size
+    return results
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,7 +310,9 @@ def _window(tile: int, starts: list[int], index: int, overlap: int) -> npt.NDArr
     return w
 
 
-def _pad_width(length: int, tile: int, border: int, multiple: int, overlap: int) -> tuple[int, int, int]:
+def _pad_width(
+    length: int, tile: int, border: int, multiple: int, overlap: int
+) -> tuple[int, int, int]:
     """(pad before, pad after, effective tile) so that the padded length is tileable."""
     before = border
     padded = length + 2 * border
@@ -266,17 +375,7 @@ def predict_tiled(
         b, a, te = _pad_width(length, t, border, multiple, overlap)
         pads.append((b, a))
         eff.append(te)
-    mode = "reflect" if min(spatial) > 1 else "edge"
-    # numpy's reflect needs pad < length; repeat it for tiny images.
-    padded = images
-    for ax, (b, a) in enumerate(pads):
-        while b > 0 or a > 0:
-            n = padded.shape[2 + ax] - 1 if mode == "reflect" else max(b, a)
-            pb, pa = min(b, n), min(a, n)
-            width = [(0, 0)] * padded.ndim
-            width[2 + ax] = (pb, pa)
-            padded = np.pad(padded, width, mode=mode)
-            b, a = b - pb, a - pa
+    padded = _mirror_pad(images, pads)
     pshape = padded.shape[2:]
     starts = [
         tile_starts(length, t, min(overlap, t // 2)) for length, t in zip(pshape, eff, strict=True)
@@ -316,6 +415,25 @@ def predict_tiled(
     return out[(slice(None), slice(None), *crop)]
 
 
+def _mirror_pad(
+    images: npt.NDArray[np.float32], pads: list[tuple[int, int]]
+) -> npt.NDArray[np.float32]:
+    """Mirror-pad the spatial axes (2, 3, ...) of ``(S, C, *spatial)`` by ``pads`` (before, after)."""
+    spatial = images.shape[2:]
+    mode = "reflect" if min(spatial) > 1 else "edge"
+    # numpy's reflect needs pad < length; repeat it for tiny images.
+    padded = images
+    for ax, (b, a) in enumerate(pads):
+        while b > 0 or a > 0:
+            n = padded.shape[2 + ax] - 1 if mode == "reflect" else max(b, a)
+            pb, pa = min(b, n), min(a, n)
+            width = [(0, 0)] * padded.ndim
+            width[2 + ax] = (pb, pa)
+            padded = np.pad(padded, width, mode=mode)
+            b, a = b - pb, a - pa
+    return padded
+
+
 def _outer(vectors: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
     w = vectors[0]
     for v in vectors[1:]:
@@ -340,21 +458,33 @@ class InferenceConfig:
     axis : {"z", "y", "x"}
         Slicing axis for 2D and 2.5D.
     tile, overlap : int
-        Tile edge and overlap in voxels (in-plane for 2D, cubic for 3D).
-    batch_size : int
-        Tiles per forward pass.
-    block : int
+        Tile edge and overlap in voxels (in-plane for 2D, cubic for 3D). With valid-region
+        stitching (2D, 2.5D) ``tile`` is the edge of the region each tile keeps and the network
+        sees ``overlap // 2`` more on every side.
+    batch_size : int, optional
+        Tiles per forward pass; chosen from ``memory`` (or 4) when None.
+    block : int, optional
         Slices per slab (2D, 2.5D) or edge of the cubic blocks (3D, multi-axis); bounds memory.
+        Chosen from ``memory`` when None.
+    memory : int, optional
+        Memory budget in bytes for the whole process (see :func:`parse_memory`); picks ``block``
+        and ``batch_size``. Too small for one tile: a ValueError names the minimum.
+    stitch : {"auto", "valid", "blend"}
+        How tiles are joined: ``valid`` keeps each tile's centre (no blending, no probabilities
+        stored; 2D and 2.5D only), ``blend`` averages overlapping tiles with linear ramps.
+        ``auto``: valid for 2D/2.5D, blend for 3D and multi-axis.
     """
 
     mode: Mode | None = None
     axis: str | None = None
     tile: int | None = None
     overlap: int | None = None
-    batch_size: int = 4
+    batch_size: int | None = None
     block: int | None = None
     device: str = "auto"
     precision: Precision = "auto"
+    memory: int | None = None
+    stitch: Stitch = "auto"
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in MODES:
@@ -369,10 +499,14 @@ class InferenceConfig:
             raise ValueError(f"overlap must be >= 0, got {self.overlap}")
         if self.tile is not None and self.overlap is not None and self.overlap > self.tile // 2:
             raise ValueError(f"overlap {self.overlap} must be at most half the tile ({self.tile})")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.block is not None and self.block < 1:
             raise ValueError(f"block must be >= 1, got {self.block}")
+        if self.memory is not None and self.memory <= 0:
+            raise ValueError(f"memory must be a positive number of bytes, got {self.memory}")
+        if self.stitch not in ("auto", "valid", "blend"):
+            raise ValueError(f"stitch must be auto, valid or blend, got {self.stitch!r}")
 
 
 @dataclass(frozen=True)
@@ -383,6 +517,8 @@ class ResolvedInference:
     overlap: int
     batch_size: int
     block: int
+    stitch: Literal["valid", "blend"] = "blend"
+    memory_estimate: int | None = None  # bytes, when a budget was given
 
 
 @dataclass
@@ -399,10 +535,215 @@ class SegmentResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# --------------------------------------------------------------------------------------------
+# Memory budget
+# --------------------------------------------------------------------------------------------
+
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_IUNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+#: Python + torch + a model, before any data: about 250-300 MB measured on Linux (CPU build).
+RUNTIME_BYTES = 350 * 10**6
+#: Peak activation bytes per tile voxel per base filter of the ModularUNet in fp32 channels-last,
+#: measured with ru_maxrss on CPU (56-72 for F = 6 and 16, 544^2 and 1088^2 tiles); rounded up.
+_ACTIVATION_BYTES_PER_FILTER = 80
+_MAX_BLOCK_2D = 32
+_MAX_BATCH_CPU = 4
+
+
+def parse_memory(text: str | int) -> int:
+    """Bytes from a size such as ``2GB``, ``1.5 GiB``, ``800M`` or ``512MB`` (an int is bytes).
+
+    ``kB``/``MB``/``GB``/``TB`` are decimal (10^9 bytes per GB); ``KiB``/``MiB``/``GiB``, and the bare
+    letters ``K``/``M``/``G``/``T``, are binary (2^30 bytes per G).
+    """
+    if isinstance(text, int):
+        value = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?)([bB]?)\s*", str(text))
+        if not m:
+            raise ValueError(
+                f"memory budget {text!r} is not a size; write it like 2GB, 1.5GiB or 800MB"
+            )
+        number, unit, binary, b = m.groups()
+        unit = unit.lower()
+        if binary or (unit and not b):
+            factor = _IUNITS[unit] if unit else 1
+        else:
+            factor = _UNITS[unit]
+        value = int(float(number) * factor)
+    if value <= 0:
+        raise ValueError(f"memory budget must be positive, got {text!r}")
+    return value
+
+
+def format_bytes(n: float) -> str:
+    """``1.23 GB`` style (decimal units, as :func:`parse_memory` reads them back)."""
+    for unit, f in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= f:
+            return f"{n / f:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Block and batch sizes that fit a budget, with the expected peak and the smallest budget."""
+
+    block: int
+    batch_size: int
+    estimate: int
+    minimum: int
+
+
+def _plane_tiling(length: int, tile: int, halo: int, multiple: int) -> tuple[list[int], int, int]:
+    """Valid-region tiling of one axis: (core starts, core edge, input tile edge).
+
+    ``ceil(length / tile)`` cores of equal size cover the axis (the last one ends at ``length``,
+    overlapping its neighbour if needed); each input tile adds ``halo`` on both sides and is
+    rounded up to ``multiple``. Depends only on ``length``: the grid is anchored to the slice.
+    """
+    n = max(1, math.ceil(length / tile))
+    core = math.ceil(length / n)
+    size = -(-(core + 2 * halo) // multiple) * multiple
+    starts = [min(i * core, length - core) for i in range(n)]
+    return starts, core, size
+
+
+def _plane_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int]:
+    plane = [n for a, n in enumerate(shape) if a != axis]
+    return plane[0], plane[1]
+
+
+def plan_memory(
+    model: TomosegModel,
+    shape: tuple[int, ...],
+    *,
+    mode: Mode,
+    axis: int,
+    tile: int,
+    overlap: int,
+    stitch: Literal["valid", "blend"],
+    itemsize: int,
+    budget: int | None,
+    probabilities: bool = False,
+    device: torch.device | None = None,
+    block: int | None = None,
+    batch_size: int | None = None,
+) -> MemoryPlan:
+    """Choose block (slices per slab or block edge) and batch size so the peak stays in ``budget``.
+
+    The estimate counts the runtime (:data:`RUNTIME_BYTES`), the slab or block being read (twice:
+    the reader thread loads the next one during compute), its float32 copies, the per-slab
+    outputs and the network's activations per tile. Fixed ``block`` / ``batch_size`` are kept.
+
+    Raises
+    ------
+    ValueError
+        If ``budget`` is smaller than one slice or block with a single tile needs (the message
+        gives the minimum).
+    """
+    cfg = model.config
+    c, k, f = cfg.n_phases, cfg.in_channels, cfg.base_filters
+    on_host = device is None or device.type == "cpu"
+    probs = 22 * c if probabilities else 0  # float32 + float16 copy + entropy temporaries
+    cube = False
+    per_vox = 0
+    if mode in ("2d", "2.5d"):
+        h, w = _plane_shape(shape, axis)
+        plane = h * w
+        if stitch == "valid":
+            halo = overlap // 2
+            ys, cy, sy = _plane_tiling(h, tile, halo, cfg.multiple)
+            xs, cx, sx = _plane_tiling(w, tile, halo, cfg.multiple)
+            padded = (cy * len(ys) + sy - cy) * (cx * len(xs) + sx - cx)
+            # read + normalised float32 + padded k-channel stack, twice (the reader thread
+            # prefetches the next slab); labels twice (one slab in flight to the writer).
+            per_unit = 2 * (plane * (itemsize + 4) + k * padded * 4) + 2 * plane + plane * probs
+            tile_vox = sy * sx
+        else:
+            padded = (h + 2 * overlap + tile) * (w + 2 * overlap + tile)
+            per_unit = padded * (itemsize + 4 + 4 * k + 4 * c + 4 + 8 + 2 + probs)
+            tile_vox = tile * tile
+        fixed = 2 * (k - 1) * plane * (itemsize + 4)  # 2.5D neighbours beyond the slab
+        max_units, cap = shape[axis], _MAX_BLOCK_2D
+    else:
+        c_mult = 3 if mode == "2d-3axes" else 1
+        # raw, float32, padded, blended out (+ multi-axis accumulators), weights, int64 argmax
+        per_vox = itemsize + 8 + 4 * c * c_mult + 4 + 8 + 2 + probs
+        if mode == "3d":
+            plane = (shape[1] + 2 * overlap + tile) * (shape[2] + 2 * overlap + tile)
+            per_unit, fixed, max_units = per_vox * plane, per_vox * plane * 2 * overlap, shape[0]
+            tile_vox = tile**3
+        else:
+            cube, per_unit, fixed, max_units = True, 0, 0, max(shape)
+            tile_vox = tile**2
+        cap = 128
+    net_per_tile = tile_vox * (
+        (f * _ACTIVATION_BYTES_PER_FILTER if on_host else 0) + 4 * (k + 2 * c)
+    )
+
+    def total(units: int, batch: int) -> int:
+        if cube:
+            data = per_vox * (min(units, max_units) + 2 * overlap) ** 3
+        else:
+            data = fixed + units * per_unit
+        return RUNTIME_BYTES + data + batch * net_per_tile
+
+    minimum = total(1 if block is None else block, 1 if batch_size is None else batch_size)
+    if budget is not None and budget < minimum:
+        raise ValueError(
+            f"memory budget {format_bytes(budget)} is too small for one tile of this volume and "
+            f"model: at least {format_bytes(minimum)} is needed (--memory "
+            f"{math.ceil(minimum / 1e8) / 10:.1f}GB), or use a smaller --tile"
+        )
+    if budget is None:
+        b = batch_size or 4
+        u = block or (8 if mode in ("2d", "2.5d") else (64 if mode == "3d" else 96))
+        return MemoryPlan(u, b, total(u, b), minimum)
+    if batch_size is not None:
+        b = batch_size
+    else:
+        b_cap = _MAX_BATCH_CPU if on_host else 64
+        spare = budget - total(1 if block is None else block, 0)
+        b = int(max(1, min(b_cap, spare * 0.4 // max(1, net_per_tile))))
+    if block is not None:
+        u = block
+    else:
+        u = 1
+        while u < min(cap, max_units) and total(u + 1, b) <= budget:
+            u += 1
+    est = total(u, b)
+    if est > budget:
+        raise ValueError(
+            f"memory budget {format_bytes(budget)} is too small for block {u} and batch {b}: "
+            f"about {format_bytes(est)} is needed; raise --memory or leave the block and batch "
+            "size to be chosen from the budget"
+        )
+    return MemoryPlan(u, b, est, minimum)
+
+
+def _gpu_batch(model: TomosegModel, device: torch.device, tile_vox: int, dtype: torch.dtype) -> int:
+    """Tiles per batch that fit in half the GPU's free memory (activations per voxel measured on CPU)."""
+    if device.type != "cuda":
+        return 4
+    free, _total = torch.cuda.mem_get_info(device)
+    per = tile_vox * model.config.base_filters * _ACTIVATION_BYTES_PER_FILTER
+    if dtype != torch.float32:
+        per //= 2
+    return int(max(1, min(64, free * 0.5 // max(1, per))))
+
+
 def resolve(
-    config: InferenceConfig, model: TomosegModel, shape: tuple[int, ...]
+    config: InferenceConfig,
+    model: TomosegModel,
+    shape: tuple[int, ...],
+    *,
+    itemsize: int = 1,
+    probabilities: bool = False,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> ResolvedInference:
-    """Fill ``None`` fields from the model's defaults and check they fit the model and volume."""
+    """Fill ``None`` fields from the model's defaults (and the memory budget) and check they fit."""
     d = model.defaults
     mode = config.mode or d.mode
     cfg = model.config
@@ -422,15 +763,140 @@ def resolve(
         )
     overlap = d.overlap if config.overlap is None else config.overlap
     overlap = min(overlap, tile // 2)
-    if config.block is not None:
-        block = config.block
-    elif mode in ("2d", "2.5d"):
-        block = 8
+    stitch: Literal["valid", "blend"]
+    if config.stitch == "auto":
+        stitch = "valid" if mode in ("2d", "2.5d") else "blend"
+    elif config.stitch == "valid" and mode not in ("2d", "2.5d"):
+        raise ValueError(f"stitch 'valid' works for 2d and 2.5d modes only, not {mode!r}")
     else:
-        block = 64 if mode == "3d" else 96
-    return ResolvedInference(
-        mode, AXES[config.axis or d.axis], tile, overlap, config.batch_size, block
+        stitch = config.stitch
+    axis = AXES[config.axis or d.axis]
+    batch = config.batch_size
+    if batch is None and device is not None and device.type == "cuda" and config.memory is None:
+        size = tile + overlap
+        batch = _gpu_batch(model, device, size**cfg.ndim, dtype)
+    plan = plan_memory(
+        model,
+        shape,
+        mode=mode,
+        axis=axis,
+        tile=tile,
+        overlap=overlap,
+        stitch=stitch,
+        itemsize=itemsize,
+        budget=config.memory,
+        probabilities=probabilities,
+        device=device,
+        block=config.block,
+        batch_size=batch,
     )
+    return ResolvedInference(
+        mode,
+        axis,
+        tile,
+        overlap,
+        plan.batch_size,
+        plan.block,
+        stitch,
+        plan.estimate if config.memory is not None else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Valid-region stitching for 2D and 2.5D
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _PlaneGrid:
+    """The tile grid of one slice: core starts, core edges and input tile edges per in-plane axis."""
+
+    starts: tuple[list[int], list[int]]
+    core: tuple[int, int]
+    size: tuple[int, int]
+    halo: int
+
+    @classmethod
+    def of(cls, plane: tuple[int, int], tile: int, overlap: int, multiple: int) -> _PlaneGrid:
+        halo = overlap // 2
+        (ys, cy, sy), (xs, cx, sx) = (_plane_tiling(n, tile, halo, multiple) for n in plane)
+        return cls((ys, xs), (cy, cx), (sy, sx), halo)
+
+    @property
+    def pads(self) -> list[tuple[int, int]]:
+        return [(self.halo, s - c - self.halo) for s, c in zip(self.size, self.core, strict=True)]
+
+
+def _load_slab(
+    volume: Any,
+    r: ResolvedInference,
+    i0: int,
+    i1: int,
+    k: int,
+    lo: float,
+    hi: float,
+    grid: _PlaneGrid,
+) -> npt.NDArray[np.float32]:
+    """(S, k, Hp, Wp): normalised, mirror-padded images of slices i0..i1 (runs in the reader thread)."""
+    return _mirror_pad(_slab_images(volume, r.axis, i0, i1, k, lo, hi), grid.pads)
+
+
+def _predict_core(
+    predict: Predictor | PredictFn,
+    batch: npt.NDArray[np.float32],
+    core: tuple[slice, slice],
+    n_out: int,
+    probabilities: bool,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32] | None]:
+    if isinstance(predict, Predictor):
+        return predict.predict_core(batch, core, probabilities=probabilities)
+    probs = predict(batch)
+    if probs.shape != (len(batch), n_out, *batch.shape[2:]):
+        raise ValueError(
+            f"predictor returned shape {probs.shape}, expected {(len(batch), n_out, *batch.shape[2:])}"
+        )
+    probs = probs[(slice(None), slice(None), *core)]
+    return probs.argmax(1).astype(np.uint8), probs if probabilities else None
+
+
+def _segment_slab_valid(
+    padded: npt.NDArray[np.float32],
+    predict: Predictor | PredictFn,
+    grid: _PlaneGrid,
+    plane: tuple[int, int],
+    *,
+    n_out: int,
+    batch_size: int,
+    probabilities: bool,
+    cancel: CancelToken | None,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32] | None]:
+    """Labels 1..C (S, H, W) and optionally probabilities (S, C, H, W) of a padded slab.
+
+    Every batch has exactly ``batch_size`` tiles (the last one is filled with zeros), so that a
+    tile's result never depends on which tiles share its batch or on the slab size.
+    """
+    n_slices = padded.shape[0]
+    (ys, xs), (cy, cx), (sy, sx) = grid.starts, grid.core, grid.size
+    h = grid.halo
+    labels = np.empty((n_slices, *plane), np.uint8)
+    probs = np.empty((n_slices, n_out, *plane), np.float32) if probabilities else None
+    jobs = [(s, y, x) for s in range(n_slices) for y in ys for x in xs]
+    batch = np.zeros((batch_size, padded.shape[1], sy, sx), np.float32)
+    core = (slice(h, h + cy), slice(h, h + cx))
+    for j0 in range(0, len(jobs), batch_size):
+        if cancel is not None and cancel.cancelled:
+            raise Cancelled("segmentation stopped")
+        chunk = jobs[j0 : j0 + batch_size]
+        for n, (s, y, x) in enumerate(chunk):
+            batch[n] = padded[s, :, y : y + sy, x : x + sx]
+        batch[len(chunk) :] = 0.0
+        lab, pr = _predict_core(predict, batch, core, n_out, probabilities)
+        for n, (s, y, x) in enumerate(chunk):
+            labels[s, y : y + cy, x : x + cx] = lab[n]
+            if probs is not None and pr is not None:
+                probs[s, :, y : y + cy, x : x + cx] = pr[n]
+    labels += 1
+    return labels, probs
 
 
 def _read(volume: Any, region: tuple[slice, ...]) -> npt.NDArray[Any]:
@@ -546,17 +1012,22 @@ def iter_segment(
 ) -> Generator[SegmentProgress, None, SegmentResult]:
     """Segment ``volume`` block by block, yielding a :class:`SegmentProgress` after each block.
 
+    A reader thread loads and normalises the next block while the network runs on the current one,
+    and a writer thread stores finished labels; an event is yielded once its block is in ``out``.
+
     Parameters
     ----------
     volume : (Z, Y, X) array-like
-        numpy, memory-mapped or zarr; read one block at a time.
+        numpy, memory-mapped, zarr, HDF5 or :class:`~napari_tomoseg.core.io.LazySliceStack`;
+        read one block at a time.
     predictor : Predictor or callable
         A :class:`Predictor`, or any callable on normalised batches (then pass ``model`` for its
         defaults, phases and normalisation).
     out : array-like, optional
         uint8 (Z, Y, X) destination (e.g. a zarr array); a new numpy array by default.
     probabilities_out : array-like, optional
-        float16 (C, Z, Y, X) destination for the blended probabilities.
+        float16 (C, Z, Y, X) destination for the probabilities (anything that accepts
+        ``probabilities_out[(slice(None), *region)] = block``, e.g. a per-block entropy writer).
     mask : (Z, Y, X) bool array-like, optional
         Voxels outside it are labelled 0.
     grey_range : (low, high), optional
@@ -574,39 +1045,103 @@ def iter_segment(
         raise ValueError(f"expected a 3D volume (z, y, x), got shape {shape}")
     if mask is not None and tuple(mask.shape) != shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} differs from the volume's {shape}")
-    r = resolve(config, model, shape)
+    r = resolve(
+        config,
+        model,
+        shape,
+        itemsize=np.dtype(volume.dtype).itemsize,
+        probabilities=probabilities_out is not None,
+        device=getattr(predictor, "device", None),
+        dtype=getattr(predictor, "dtype", torch.float32),
+    )
     lo, hi = grey_range or model.normalization.volume_range(volume)
     n_out = model.config.n_phases
     if out is None:
         out = np.zeros(shape, np.uint8)
     elif tuple(out.shape) != shape:
         raise ValueError(f"output shape {tuple(out.shape)} differs from the volume's {shape}")
+    log.info(
+        "segmenting %s: mode %s, axis %d, tile %d, overlap %d, %s stitching, block %d, batch %d%s",
+        shape,
+        r.mode,
+        r.axis,
+        r.tile,
+        r.overlap,
+        r.stitch,
+        r.block,
+        r.batch_size,
+        f", expected peak {format_bytes(r.memory_estimate)}" if r.memory_estimate else "",
+    )
     t0 = time.perf_counter()
     total = int(np.prod(shape))
-    done = 0
-    for region in _regions(shape, r):
-        if cancel is not None and cancel.cancelled:
-            raise Cancelled("segmentation stopped")
-        probs = _predict_region(
-            volume,
-            region,
-            predictor,
-            r,
-            n_out,
-            model.config.in_channels,
-            model.config.multiple,
-            lo,
-            hi,
-            cancel,
-        )
-        labels = (np.argmax(probs, axis=0) + 1).astype(np.uint8)
+    regions = _regions(shape, r)
+    k, multiple = model.config.in_channels, model.config.multiple
+    valid = r.stitch == "valid"
+    plane = _plane_shape(shape, r.axis)
+    grid = _PlaneGrid.of(plane, r.tile, r.overlap, multiple)
+
+    def load(region: tuple[slice, slice, slice]) -> Any:
+        if not valid:
+            return None  # the blend path reads its (haloed) block itself
+        s = region[r.axis]
+        return _load_slab(volume, r, s.start, s.stop, k, lo, hi, grid)
+
+    def compute(region: tuple[slice, slice, slice], data: Any) -> tuple[Any, Any]:
+        if valid:
+            labels, probs = _segment_slab_valid(
+                data,
+                predictor,
+                grid,
+                plane,
+                n_out=n_out,
+                batch_size=r.batch_size,
+                probabilities=probabilities_out is not None,
+                cancel=cancel,
+            )
+            labels = np.moveaxis(labels, 0, r.axis)
+            if probs is not None:
+                probs = np.moveaxis(probs, 0, r.axis + 1)
+            return labels, probs
+        probs = _predict_region(volume, region, predictor, r, n_out, k, multiple, lo, hi, cancel)
+        return (np.argmax(probs, axis=0) + 1).astype(np.uint8), probs
+
+    def store(region: tuple[slice, slice, slice], labels: Any, probs: Any) -> None:
         if mask is not None:
             labels[~np.asarray(mask[region], dtype=bool)] = 0
         out[region] = labels
         if probabilities_out is not None:
             probabilities_out[(slice(None), *region)] = probs.astype(np.float16)
-        done += labels.size
-        yield SegmentProgress(done, total, region, time.perf_counter() - t0)
+
+    done = 0
+    # Threads, not processes: reading (zarr/TIFF decompression, memmap copies) and numpy release
+    # the GIL, so IO overlaps the network without copying blocks between processes.
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="tomoseg-read") as reader,
+        ThreadPoolExecutor(1, thread_name_prefix="tomoseg-write") as writer,
+    ):
+        upcoming: Future[Any] = reader.submit(load, regions[0])
+        pending: tuple[Future[None], SegmentProgress] | None = None
+        try:
+            for i, region in enumerate(regions):
+                if cancel is not None and cancel.cancelled:
+                    raise Cancelled("segmentation stopped")
+                data = upcoming.result()
+                if i + 1 < len(regions):
+                    upcoming = reader.submit(load, regions[i + 1])
+                labels, probs = compute(region, data)
+                del data
+                if pending is not None:
+                    pending[0].result()
+                    yield pending[1]
+                done += labels.size
+                event = SegmentProgress(done, total, region, time.perf_counter() - t0)
+                pending = (writer.submit(store, region, labels, probs), event)
+                del labels, probs
+            if pending is not None:
+                pending[0].result()
+                yield pending[1]
+        finally:
+            upcoming.cancel()
     return SegmentResult(
         labels=out,
         probabilities=probabilities_out,
