@@ -113,6 +113,16 @@ class _Stopped:
     """Returned by the relay when the core operation raised :class:`Cancelled`."""
 
 
+class _JobFailed(Exception):
+    """Carries a RuntimeError out of the worker: superqt takes a RuntimeError returned by a worker
+    for a deleted Qt object and swallows it (no ``errored``, no ``finished``), but torch reports real
+    failures (CUDA out of memory, ...) as RuntimeError."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
 def _relay(make: Callable[[CancelToken], Generator[Any, None, Any]], token: CancelToken) -> Any:
     """Worker-thread body: build the core generator (imports torch, loads models...) and relay it."""
     try:
@@ -120,6 +130,8 @@ def _relay(make: Callable[[CancelToken], Generator[Any, None, Any]], token: Canc
         result = yield from gen
     except Cancelled:
         return _Stopped()
+    except RuntimeError as err:
+        raise _JobFailed(err) from err
     return result
 
 
@@ -220,7 +232,7 @@ class JobRunner:
             self._set_state(JobState.STOPPED if stopped else JobState.DONE)
 
         def errored(err: BaseException) -> None:
-            self._fail(err, on_error)
+            self._fail(err.original if isinstance(err, _JobFailed) else err, on_error)
 
         def aborted() -> None:  # window closed: quit() stopped the generator between events
             self._set_state(JobState.STOPPED)

@@ -1,0 +1,106 @@
+"""File > Open for volumes napari does not open well: folders of TIFF slices, zarr, HDF5, .npy, and
+TIFF stacks with their voxel size.
+
+path -> :func:`napari_get_reader` (by ending / folder) -> :func:`read_path` -> core.io (lazy)
+-> one image layer (``scale`` = voxel size in µm) or, for label files napari-tomoseg wrote, a
+labels layer with the phase names and colours.
+
+Imports numpy, tifffile and zarr only (through core.io): never torch, never Qt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_tomoseg.core import io
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+#: Endings this reader claims (napari asks the user to pick a reader when another plugin also does).
+SUFFIXES = (".tif", ".tiff", ".npy", ".zarr", ".h5", ".hdf5")
+
+
+def napari_get_reader(path: str | list[str]) -> Any:
+    """Return :func:`read_path` if ``path`` is something napari-tomoseg can open, else None."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None  # several files: a stack of 2D images is napari's own business
+        path = path[0]
+    p = Path(path)
+    if p.is_dir():
+        if p.suffix.lower() == ".zarr" or io._is_zarr_folder(p) or _has_tiff_slices(p):
+            return read_path
+        return None
+    if p.suffix.lower() in SUFFIXES:
+        return read_path
+    return None
+
+
+def _has_tiff_slices(folder: Path) -> bool:
+    try:
+        return any(f.suffix.lower() in io.TIFF_SUFFIXES for f in folder.iterdir() if f.is_file())
+    except OSError:
+        return False
+
+
+def _lazy(arr: Any) -> Any:
+    """numpy and memory maps as they are; anything else (zarr, HDF5, slice stacks) as a dask array
+    napari can slice lazily."""
+    if isinstance(arr, np.ndarray):
+        return arr
+    import dask.array as da
+
+    chunks = getattr(arr, "chunks", None)
+    if not (
+        isinstance(chunks, tuple) and len(chunks) == 3 and all(isinstance(c, int) for c in chunks)
+    ):
+        chunks = (1, *arr.shape[1:])  # one slice per chunk: what a viewer reads
+    return da.from_array(arr, chunks=chunks, asarray=True, fancy=False)
+
+
+def read_path(path: str | list[str]) -> list[LayerData]:
+    """Read one volume (or one napari-tomoseg label file) as napari layer data.
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        With a message that says what is wrong (napari shows it as a notification).
+    """
+    if isinstance(path, list):
+        path = path[0]
+    p = Path(path)
+    name = p.stem if p.suffix.lower() != ".zarr" else p.name[: -len(".zarr")]
+    voxel = io.read_voxel_size(p)
+    geometry: dict[str, Any] = {}
+    if voxel is not None:
+        geometry = {"scale": voxel, "units": ("µm",) * 3}
+    phases = io.read_label_phases(p)
+    if phases is not None:
+        labels = io.read_labels(p)
+        colours: dict[Any, Any] = {None: "transparent", 0: "transparent", **phases.colour_dict()}
+        from napari.utils.colormaps import DirectLabelColormap
+
+        return [
+            (
+                labels.astype(np.uint8, copy=False),
+                {
+                    "name": name,
+                    "colormap": DirectLabelColormap(color_dict=colours),
+                    "features": {"index": [0, *phases.ids], "phase": ["none", *phases.names]},
+                    "metadata": {"source_path": str(p), "tomoseg_phases": phases.to_json()},
+                    **geometry,
+                },
+                "labels",
+            )
+        ]
+    volume = io.read_volume(p, lazy=True)
+    return [
+        (
+            _lazy(volume),
+            {"name": name, "metadata": {"source_path": str(p)}, **geometry},
+            "image",
+        )
+    ]

@@ -1,0 +1,516 @@
+"""The Segment dock widget: image + model + mode -> a ``prediction`` labels layer that grows slab by slab.
+
+form -> InferenceConfig -> JobRunner (worker: load model, Predictor, core iter_segment) -> each finished
+slab copied into the ``prediction`` layer (Qt thread) -> phase names/colours, an ``uncertainty`` layer.
+"Preview" segments the slice on screen and extrapolates the time for the whole volume.
+
+A failed or stopped run puts the previous prediction back; annotations are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.qt.threading import create_worker
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_tomoseg._napari._common import (
+    JobControls,
+    JobRunner,
+    JobState,
+    LayerCombo,
+    apply_phases,
+    check_image_layer,
+    current_slice,
+    notify_error,
+    notify_info,
+    session,
+)
+from napari_tomoseg._napari._models import ModelChooser, ModelInfo
+
+if TYPE_CHECKING:
+    import napari
+
+log = logging.getLogger(__name__)
+
+MODES = {
+    "2D along an axis": "2d",
+    "2D on three axes (averaged)": "2d-3axes",
+    "2.5D (neighbouring slices)": "2.5d",
+    "3D": "3d",
+}
+AXES = ("z", "y", "x")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PREDICTION = "prediction"
+UNCERTAINTY = "uncertainty"
+
+
+def _is_volume(layer: Any) -> bool:
+    return layer.ndim == 3 and not getattr(layer, "rgb", False)
+
+
+def detect_devices() -> str:
+    """A short description of the compute devices torch can use (imports torch: call in a worker)."""
+    import torch
+
+    found = []
+    if torch.cuda.is_available():
+        found += [
+            f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())
+        ]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps (Apple GPU)")
+    found.append(f"cpu ({torch.get_num_threads()} threads)")
+    return ", ".join(found)
+
+
+class _EntropySink:
+    """A stand-in for ``probabilities_out`` that keeps only the normalised entropy of each block."""
+
+    def __init__(self, out: np.ndarray) -> None:
+        self.out = out
+
+    def __setitem__(self, key: tuple[slice, ...], probs: np.ndarray) -> None:
+        from napari_tomoseg.core.uncertainty import entropy
+
+        self.out[key[1:]] = entropy(probs.astype(np.float32)).astype(self.out.dtype)
+
+
+class SegmentWidget(QWidget):
+    """Segment an image layer into phases with a U-Net (bundled, saved, or fine-tuned in this session)."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = session(napari_viewer)
+        self.session.widgets["segment"] = self
+        self.runner = JobRunner("Segmenting")
+
+        self.image = LayerCombo(napari_viewer, "image", accept=_is_volume)
+        self.model = ModelChooser(self.session)
+        self.mask = LayerCombo(napari_viewer, "labels", optional=True)
+        self.detect_fov = QPushButton("Detect field of view")
+        self.detect_fov.setToolTip(
+            "Mark the voxels outside the reconstruction circle; they stay 0 (not segmented) and are "
+            "left out of scores and fractions"
+        )
+        self.mode = QComboBox()
+        self.mode.addItems(list(MODES))
+        self.axis = QComboBox()
+        self.axis.addItems(list(AXES))
+        self.device = QComboBox()
+        self.device.addItems(list(DEVICES))
+        self.devices_found = QLabel("looking…")
+        self.tile = QSpinBox()
+        self.tile.setRange(16, 4096)
+        self.tile.setSingleStep(8)
+        self.overlap = QSpinBox()
+        self.overlap.setRange(0, 1024)
+        self.keep_uncertainty = QCheckBox("Uncertainty layer (for 'next slice to correct')")
+        self.keep_uncertainty.setChecked(True)
+        self.preview = QPushButton("Preview slice")
+        self.preview.setToolTip(
+            "Segment the slice on screen and estimate the time for the whole volume"
+        )
+        self.controls = JobControls(self.runner, "Segment volume")
+        self.controls.also_disable(self.preview, self.detect_fov)
+        self.estimate = QLabel("")
+        self.estimate.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Image", self.image)
+        form.addRow("Model", self.model)
+        mask_row = QHBoxLayout()
+        mask_row.addWidget(self.mask, 1)
+        mask_row.addWidget(self.detect_fov)
+        form.addRow("Mask", mask_row)
+        form.addRow("Mode", self.mode)
+        form.addRow("Slice axis", self.axis)
+        dev_row = QHBoxLayout()
+        dev_row.addWidget(self.device)
+        dev_row.addWidget(self.devices_found, 1)
+        form.addRow("Device", dev_row)
+        form.addRow("Tile", self.tile)
+        form.addRow("Overlap", self.overlap)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.keep_uncertainty)
+        layout.addWidget(self.preview)
+        layout.addWidget(self.controls)
+        layout.addWidget(self.estimate)
+        layout.addWidget(self.controls.status)
+        layout.addStretch(1)
+
+        self.model.currentIndexChanged.connect(self._model_changed)
+        self.preview.clicked.connect(self.run_preview)
+        self.controls.run_button.clicked.connect(lambda: self.run())
+        self.detect_fov.clicked.connect(self.run_detect_fov)
+        self._model_changed()
+        self._find_devices()
+
+    # form ------------------------------------------------------------------------------------
+    def _model_changed(self, *_: Any) -> None:
+        try:
+            info = self.model.info()
+        except (ValueError, KeyError) as err:
+            notify_error(str(err))
+            return
+        self.apply_model_defaults(info)
+
+    def apply_model_defaults(self, info: ModelInfo) -> None:
+        """Set mode, axis, tile and overlap to what the model was made for."""
+        mode_label = next(k for k, v in MODES.items() if v == info.mode)
+        self.mode.setCurrentText(mode_label)
+        self.axis.setCurrentText(info.axis)
+        self.tile.setValue(info.tile)
+        self.overlap.setValue(info.overlap)
+
+    def _find_devices(self) -> None:
+        # torch is imported in a worker thread: opening the widget never blocks the viewer.
+        self._devices_worker = create_worker(detect_devices, _ignore_errors=True)
+        self._devices_worker.returned.connect(self._devices_found)
+        self._devices_worker.errored.connect(
+            lambda err: self.devices_found.setText(f"torch unusable: {err}")
+        )
+        self._devices_worker.start()
+
+    def _devices_found(self, text: str) -> None:
+        try:
+            self.devices_found.setText(f"found: {text}")
+        except RuntimeError:  # widget closed meanwhile
+            pass
+
+    def settings(self) -> dict[str, Any]:
+        """The form as keyword arguments of :class:`~napari_tomoseg.core.inference.InferenceConfig`
+        (built in the worker, which imports torch)."""
+        tile = self.tile.value()
+        if tile % 8:
+            raise ValueError(f"tile must be a multiple of 8, got {tile}")
+        return {
+            "mode": MODES[self.mode.currentText()],
+            "axis": self.axis.currentText(),
+            "tile": tile,
+            "overlap": min(self.overlap.value(), tile // 2),
+            "device": self.device.currentText(),
+        }
+
+    def _inputs(self) -> tuple[Any, Any, Any]:
+        """(image layer, volume, mask or None), checked; ValueError says what to fix."""
+        layer = self.image.layer()
+        volume = check_image_layer(layer)
+        mask = None
+        mask_layer = self.mask.layer()
+        if mask_layer is not None:
+            mask = mask_layer.data
+            if tuple(mask.shape) != tuple(volume.shape):
+                raise ValueError(
+                    f"mask {mask_layer.name!r} has shape {tuple(mask.shape)} but image "
+                    f"{layer.name!r} has {tuple(volume.shape)}; choose a mask of the same volume"
+                )
+        return layer, volume, mask
+
+    # run -------------------------------------------------------------------------------------
+    def run(self, *, model_name: str | None = None) -> bool:
+        """Segment the whole volume into the ``prediction`` layer. Returns False if refused.
+
+        ``model_name`` selects a model held in this session's memory first (e.g. "fine-tuned").
+        """
+        if self.runner.running:
+            return False
+        if model_name is not None:
+            self.model.select_memory(model_name)
+        try:
+            layer, volume, mask = self._inputs()
+            settings = self.settings()
+            load = self.model.loader()
+            phases = self.model.info().phases
+        except (ValueError, KeyError) as err:
+            notify_error(f"Cannot segment: {err}")
+            return False
+        shape = tuple(int(s) for s in volume.shape)
+        out = np.zeros(shape, np.uint8)
+        shown = np.zeros(shape, np.uint8)
+        uncertainty = np.zeros(shape, np.float16) if self.keep_uncertainty.isChecked() else None
+        previous = self._take_prediction()
+        state: dict[str, Any] = {"layer": None}
+
+        def job(token: Any) -> Generator[Any, None, Any]:
+            from napari_tomoseg.core.inference import InferenceConfig, Predictor, iter_segment
+
+            config = InferenceConfig(**settings)
+            model = load()
+            predictor = Predictor(model, device=config.device, precision=config.precision)
+            sink = _EntropySink(uncertainty) if uncertainty is not None else None
+            result = yield from iter_segment(
+                volume,
+                predictor,
+                config,
+                out=out,
+                probabilities_out=sink,
+                mask=mask,
+                cancel=token,
+            )
+            return model, result
+
+        def on_yield(ev: Any) -> None:
+            layer_p = state["layer"]
+            if layer_p is None:
+                layer_p = self._show_prediction(shown, layer, phases)
+                state["layer"] = layer_p
+            shown[ev.region] = out[ev.region]
+            layer_p.refresh()
+
+        def on_return(res: Any) -> None:
+            model, result = res
+            layer_p = state["layer"] or self._show_prediction(shown, layer, phases)
+            shown[...] = out
+            layer_p.data = shown
+            apply_phases(layer_p, model.phases)
+            layer_p.metadata.update(
+                {
+                    "tomoseg_model": str(model.source) if model.source else "in memory",
+                    "tomoseg_image": layer.name,
+                    "tomoseg_seconds": result.seconds,
+                    "tomoseg_device": result.device,
+                    "tomoseg_settings": {
+                        "mode": result.settings.mode,
+                        "axis": AXES[result.settings.axis],
+                        "tile": result.settings.tile,
+                        "overlap": result.settings.overlap,
+                    },
+                    "tomoseg_provenance": dict(model.provenance),
+                }
+            )
+            if uncertainty is not None:
+                self._show_uncertainty(uncertainty, layer)
+            text = (
+                f"Segmented {'×'.join(map(str, shape))} voxels in {result.seconds:.1f} s on "
+                f"{result.device} ({result.precision})"
+            )
+            self.controls.status.setText(text)
+            notify_info(text)
+
+        def restore(*_: Any) -> None:
+            self._restore_prediction(previous, state["layer"])
+            if self.runner.state is not JobState.FAILED:
+                self.controls.status.setText("Stopped; the previous prediction was kept")
+
+        self.controls.status.setText("Segmenting…")
+        self.runner.start(
+            job,
+            on_yield=on_yield,
+            on_return=on_return,
+            on_error=restore,
+            on_stopped=restore,
+            total=int(np.prod(shape)),
+            describe=lambda ev: (
+                ev.done,
+                f"{ev.fraction:.0%}" + (f", {ev.eta:.0f} s left" if math.isfinite(ev.eta) else ""),
+            ),
+        )
+        return True
+
+    def _take_prediction(self) -> Any:
+        """Remember the current prediction layer's data so a failed run can put it back."""
+        if PREDICTION in self.viewer.layers:
+            ly = self.viewer.layers[PREDICTION]
+            return (ly.data, dict(ly.metadata))
+        return None
+
+    def _show_prediction(self, data: np.ndarray, image: Any, phases: Any) -> Any:
+        if (
+            PREDICTION in self.viewer.layers
+            and self.viewer.layers[PREDICTION]._type_string == "labels"
+        ):
+            ly = self.viewer.layers[PREDICTION]
+            ly.data = data
+            ly.scale, ly.translate = image.scale, image.translate
+        else:
+            ly = self.viewer.add_labels(
+                data, name=PREDICTION, scale=image.scale, translate=image.translate, opacity=0.5
+            )
+        apply_phases(ly, phases)
+        return ly
+
+    def _restore_prediction(self, previous: Any, added: Any) -> None:
+        if added is None:
+            return
+        if previous is None:
+            if added in self.viewer.layers:
+                self.viewer.layers.remove(added)
+            return
+        data, metadata = previous
+        added.data = data
+        added.metadata.clear()
+        added.metadata.update(metadata)
+        phases_json = metadata.get("tomoseg_phases")
+        if phases_json:
+            from napari_tomoseg.core.phases import PhaseTable
+
+            apply_phases(added, PhaseTable.from_json(phases_json))
+
+    def _show_uncertainty(self, uncertainty: np.ndarray, image: Any) -> None:
+        self.session.uncertainty = uncertainty
+        self.session.uncertainty_image = image.name
+        if (
+            UNCERTAINTY in self.viewer.layers
+            and self.viewer.layers[UNCERTAINTY]._type_string == "image"
+        ):
+            ly = self.viewer.layers[UNCERTAINTY]
+            ly.data = uncertainty
+        else:
+            self.viewer.add_image(
+                uncertainty,
+                name=UNCERTAINTY,
+                scale=image.scale,
+                translate=image.translate,
+                colormap="magma",
+                contrast_limits=(0.0, 1.0),
+                blending="additive",
+                visible=False,
+            )
+
+    # preview ---------------------------------------------------------------------------------
+    def run_preview(self) -> bool:
+        """Segment the slice on screen (along the slice axis) and estimate the whole volume's time."""
+        if self.runner.running:
+            return False
+        try:
+            layer, volume, mask = self._inputs()
+            settings = self.settings()
+            load = self.model.loader()
+            phases = self.model.info().phases
+        except (ValueError, KeyError) as err:
+            notify_error(f"Cannot preview: {err}")
+            return False
+        axis = AXES.index(settings["axis"])
+        _, index = current_slice(self.viewer, axis)
+        shape = tuple(int(s) for s in volume.shape)
+        index = min(max(index, 0), shape[axis] - 1)
+        mode = settings["mode"]
+
+        def job(token: Any) -> Generator[Any, None, Any]:
+            from napari_tomoseg.core.inference import InferenceConfig, Predictor, iter_segment
+
+            model = load()
+            predictor = Predictor(model, device=settings["device"])
+            k = model.config.in_channels
+            # Context around the slice: the slice alone for 2D, its neighbours for 2.5D, a slab for
+            # 3D / three axes.
+            half = 0 if mode == "2d" else (k // 2 if mode == "2.5d" else 8)
+            lo, hi = max(0, index - half), min(shape[axis], index + half + 1)
+            region: list[Any] = [slice(None)] * 3
+            region[axis] = slice(lo, hi)
+            sub = np.asarray(volume[tuple(region)])
+            sub_mask = None if mask is None else np.asarray(mask[tuple(region)])
+            grey_range = model.normalization.volume_range(volume)
+            t0 = time.perf_counter()
+            result = yield from iter_segment(
+                sub,
+                predictor,
+                InferenceConfig(**settings, block=hi - lo),
+                mask=sub_mask,
+                grey_range=grey_range,
+                cancel=token,
+            )
+            seconds = time.perf_counter() - t0
+            take: list[Any] = [slice(None)] * 3
+            take[axis] = index - lo
+            labels = np.asarray(result.labels[tuple(take)])
+            per_voxel = seconds / sub.size
+            return labels, seconds, per_voxel * int(np.prod(shape)), result.device
+
+        def on_return(res: Any) -> None:
+            labels, seconds, estimate, device = res
+            if (
+                PREDICTION in self.viewer.layers
+                and tuple(self.viewer.layers[PREDICTION].data.shape) == shape
+            ):
+                ly = self.viewer.layers[PREDICTION]
+            else:
+                ly = self._show_prediction(np.zeros(shape, np.uint8), layer, phases)
+            where: list[Any] = [slice(None)] * 3
+            where[axis] = index
+            ly.data[tuple(where)] = labels
+            apply_phases(ly, phases)
+            ly.refresh()
+            text = (
+                f"Preview of slice {AXES[axis]}={index} in {seconds:.2f} s on {device}; the whole "
+                f"volume will take about {_duration(estimate)}"
+            )
+            self.estimate.setText(text)
+
+        self.estimate.setText("Previewing…")
+        self.runner.start(job, on_return=on_return)
+        return True
+
+    # field of view ---------------------------------------------------------------------------
+    def run_detect_fov(self) -> bool:
+        """Detect the cylindrical field of view and add it as a ``field of view`` mask layer."""
+        if self.runner.running:
+            return False
+        try:
+            layer = self.image.layer()
+            volume = check_image_layer(layer)
+            axis = AXES.index(self.axis.currentText())
+        except ValueError as err:
+            notify_error(f"Cannot detect the field of view: {err}")
+            return False
+
+        def job(token: Any) -> Generator[Any, None, Any]:
+            from napari_tomoseg.core.mask import detect_field_of_view
+
+            yield from ()
+            return detect_field_of_view(volume, axis=axis)
+
+        def on_return(fov: Any) -> None:
+            if fov is None:
+                notify_info(
+                    "No circular field of view found (no constant border around the specimen): "
+                    "the volume seems cropped already; no mask is needed"
+                )
+                return
+            disc = np.expand_dims(fov.disc().astype(np.uint8), axis)
+            data = np.broadcast_to(disc, fov.shape)  # read-only view: no memory per slice
+            name = "field of view"
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            ly = self.viewer.add_labels(
+                data, name=name, scale=layer.scale, translate=layer.translate, opacity=0.2
+            )
+            ly.features = {"index": [0, 1], "phase": ["outside", "inside"]}
+            self.mask.set_layer(name)
+            self.controls.status.setText(
+                f"Field of view: radius {fov.radius:.0f} voxels, {fov.inside_fraction:.0%} of each slice"
+            )
+
+        self.runner.start(job, on_return=on_return)
+        return True
+
+    def closeEvent(self, event: Any) -> None:
+        self.runner.quit()
+        super().closeEvent(event)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
