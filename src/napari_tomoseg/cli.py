@@ -73,20 +73,37 @@ def _load_model(path: str | None) -> Any:
     return load_model(path if path else bundled_model_path())
 
 
-def _segment(volume: Any, model: Any, args: argparse.Namespace, *, out: Any = None) -> Any:
-    from napari_tomoseg.core.inference import InferenceConfig, Predictor, iter_segment
-    from napari_tomoseg.core.progress import run_to_completion
+def _inference_config(args: argparse.Namespace) -> Any:
+    from napari_tomoseg.core.inference import InferenceConfig, parse_memory
 
-    config = InferenceConfig(
+    memory = getattr(args, "memory", None)
+    return InferenceConfig(
         mode=getattr(args, "mode", None),
         axis=getattr(args, "axis", None),
         tile=getattr(args, "tile", None),
         overlap=getattr(args, "overlap", None),
-        batch_size=getattr(args, "batch_size", 4),
+        batch_size=getattr(args, "batch_size", None),
         device=getattr(args, "device", "auto"),
         precision=getattr(args, "precision", "auto"),
+        memory=parse_memory(memory) if memory else None,
     )
-    predictor = Predictor(model, device=config.device, precision=config.precision)
+
+
+def _segment(
+    volume: Any,
+    model: Any,
+    args: argparse.Namespace,
+    *,
+    out: Any = None,
+    probabilities_out: Any = None,
+    predictor: Any = None,
+) -> Any:
+    from napari_tomoseg.core.inference import Predictor, iter_segment
+    from napari_tomoseg.core.progress import run_to_completion
+
+    config = _inference_config(args)
+    if predictor is None:
+        predictor = Predictor(model, device=config.device, precision=config.precision)
     bar = _progress_bar(int(np.prod(volume.shape)), "segment")
     last = [0]
 
@@ -95,10 +112,52 @@ def _segment(volume: Any, model: Any, args: argparse.Namespace, *, out: Any = No
         last[0] = event.done
 
     try:
-        result = run_to_completion(iter_segment(volume, predictor, config, out=out), update)
+        result = run_to_completion(
+            iter_segment(volume, predictor, config, out=out, probabilities_out=probabilities_out),
+            update,
+        )
     finally:
         bar.close()
     return result
+
+
+class _CountingOut:
+    """Writes label blocks to ``target`` and counts the voxels of each phase on the way."""
+
+    def __init__(self, target: Any, n_phases: int) -> None:
+        self.target = target
+        self.shape = tuple(target.shape)
+        self.counts = np.zeros(n_phases + 1, np.int64)
+
+    def __setitem__(self, key: Any, labels: np.ndarray) -> None:
+        self.counts += np.bincount(labels.ravel(), minlength=len(self.counts))[: len(self.counts)]
+        self.target[key] = labels
+
+
+class _EntropyOut:
+    """Takes probability blocks (C, *block) and writes their normalised entropy as uint8 0..255."""
+
+    def __init__(self, target: Any, n_phases: int) -> None:
+        self.target = target
+        self.shape = (n_phases, *target.shape)
+
+    def __setitem__(self, key: Any, probabilities: np.ndarray) -> None:
+        from napari_tomoseg.core.uncertainty import entropy
+
+        u = entropy(probabilities)
+        self.target[key[1:]] = np.rint(u * np.float32(255)).astype(np.uint8)
+
+
+def _output_chunks(settings: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """zarr chunks aligned with the blocks iter_segment writes (each chunk written once)."""
+    if settings.mode in ("2d", "2.5d"):
+        chunks = [512, 512, 512]
+        chunks[settings.axis] = settings.block
+    elif settings.mode == "3d":
+        chunks = [settings.block, 512, 512]
+    else:
+        chunks = [settings.block] * 3
+    return tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,30 +166,110 @@ def _segment(volume: Any, model: Any, args: argparse.Namespace, *, out: Any = No
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    import contextlib
+
     from napari_tomoseg.core import io
+    from napari_tomoseg.core.inference import Predictor, format_bytes, resolve
 
     out_path = io.check_output_path(args.output, overwrite=args.overwrite)
-    model = _load_model(args.model)
-    volume = io.read_volume(args.input, lazy=True)
-    io.check_volume(volume, name=str(args.input))
-    _set_threads(args.threads)
-    result = _segment(volume, model, args)
-    voxel_size = io.read_voxel_size(args.input)
-    io.write_labels(
-        out_path,
-        result.labels,
-        phases=model.phases,
-        voxel_size=voxel_size,
-        overwrite=args.overwrite,
+    unc_path = (
+        io.check_output_path(args.uncertainty, overwrite=args.overwrite)
+        if args.uncertainty
+        else None
     )
-    from napari_tomoseg.core.metrics import phase_fractions
+    if unc_path is not None and unc_path.resolve() == out_path.resolve():
+        raise CliError("-o and --uncertainty name the same file; give two different paths")
+    if args.scheduler and args.local_cluster:
+        raise CliError("give either --scheduler or --local-cluster, not both")
+    config = _inference_config(args)  # checks --memory and the other options early
+    model = _load_model(args.model)
+    volume = io.read_volume(args.input, dataset=args.dataset, lazy=True)
+    _set_threads(args.threads)
+    voxel_size = io.read_voxel_size(args.input, dataset=args.dataset)
+    shape = tuple(int(s) for s in volume.shape)
+    if args.scheduler or args.local_cluster:
+        if unc_path is not None:
+            raise CliError("--uncertainty is not available with --scheduler / --local-cluster yet")
+        from napari_tomoseg.core.distributed import segment_distributed
 
-    fractions = phase_fractions(result.labels, len(model.phases))
-    n = int(np.prod(volume.shape))
+        result = segment_distributed(
+            args.input,
+            out_path,
+            model,
+            config,
+            dataset=args.dataset,
+            scheduler=args.scheduler,
+            local_cluster=args.local_cluster,
+            voxel_size=voxel_size,
+            overwrite=args.overwrite,
+        )
+        fractions = result.counts[1:] / max(1, int(result.counts.sum()))
+        seconds, device, precision, mode = result.seconds, "dask", result.precision, result.mode
+    else:
+        predictor = Predictor(model, device=config.device, precision=config.precision)
+        settings = resolve(
+            config,
+            model,
+            shape,
+            itemsize=np.dtype(volume.dtype).itemsize,
+            probabilities=unc_path is not None,
+            device=predictor.device,
+            dtype=predictor.dtype,
+        )
+        if settings.memory_estimate is not None:
+            log.info(
+                "memory budget %s: %d slices per block, %d tiles per batch, expected peak %s",
+                format_bytes(config.memory),
+                settings.block,
+                settings.batch_size,
+                format_bytes(settings.memory_estimate),
+            )
+        chunks = _output_chunks(settings, shape)
+        with contextlib.ExitStack() as stack:
+            source = stack.enter_context(
+                io.rechunked(volume, folder=out_path.parent, name=str(args.input))
+            )
+            labels = stack.enter_context(
+                io.streaming_output(
+                    out_path,
+                    shape,
+                    phases=model.phases,
+                    voxel_size=voxel_size,
+                    chunks=chunks,
+                    overwrite=args.overwrite,
+                )
+            )
+            counting = _CountingOut(labels, len(model.phases))
+            entropy_out = None
+            if unc_path is not None:
+                unc = stack.enter_context(
+                    io.streaming_output(
+                        unc_path,
+                        shape,
+                        kind="volume",
+                        voxel_size=voxel_size,
+                        chunks=chunks,
+                        overwrite=args.overwrite,
+                    )
+                )
+                entropy_out = _EntropyOut(unc, len(model.phases))
+            result = _segment(
+                source,
+                model,
+                args,
+                out=counting,
+                probabilities_out=entropy_out,
+                predictor=predictor,
+            )
+        fractions = counting.counts[1:] / max(1, int(counting.counts.sum()))
+        seconds, device, precision = result.seconds, result.device, result.precision
+        mode = result.settings.mode
+    n = int(np.prod(shape))
+    extra = f" and {unc_path}" if unc_path is not None else ""
     print(
-        f"segmented {args.input} {tuple(volume.shape)} in {result.seconds:.1f} s "
-        f"({n / result.seconds / 1e6:.2f} Mvox/s, {result.device}, {result.precision}, mode {result.settings.mode}) "
-        f"-> {out_path}"
+        f"segmented {args.input} {shape} in {seconds:.1f} s "
+        f"({n / seconds / 1e6:.2f} Mvox/s, {device}, {precision}, mode {mode}) "
+        f"-> {out_path}{extra}"
     )
     for name, f in zip(model.phases.names, fractions, strict=True):
         print(f"  {name:<10} {100 * f:6.2f} %")
@@ -340,8 +479,18 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
         "--tile", type=int, help="tile edge in voxels, a multiple of 8 (default: the model's)"
     )
     p.add_argument("--overlap", type=int, help="tile overlap in voxels (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="tiles per forward pass (default: from --memory, free GPU memory, or 4)",
+    )
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument(
+        "--memory",
+        metavar="SIZE",
+        help="memory budget for the whole process, e.g. 2GB or 1.5GiB; picks the slab and batch "
+        "sizes (too small for one tile: an error gives the minimum)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -363,10 +512,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_options(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("segment", help="segment a volume into phases")
-    p.add_argument("input", help="volume: .tif/.tiff stack, folder of TIFF slices, .npy, .zarr")
+    p = sub.add_parser(
+        "segment",
+        help="segment a volume into phases (streams block by block: volumes larger than memory)",
+    )
     p.add_argument(
-        "-o", "--output", required=True, help="label file to write (.tif, .npy or .zarr)"
+        "input",
+        help="volume: .tif/.tiff stack, folder of TIFF slices, .npy, .zarr, .h5/.hdf5",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="label file to write (.zarr: a plain zarr v3 array; .tif or .npy)",
+    )
+    p.add_argument("--dataset", help="array inside a zarr group or HDF5 file holding several")
+    p.add_argument(
+        "--uncertainty",
+        metavar="PATH",
+        help="also write the normalised softmax entropy as uint8 0..255 (.zarr, .tif or .npy)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on an existing dask.distributed cluster, e.g. tcp://host:8786 (input and "
+        "output must be zarr on storage every worker sees)",
+    )
+    p.add_argument(
+        "--local-cluster",
+        type=int,
+        metavar="N",
+        help="run on a dask LocalCluster of N worker processes on this machine",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _add_inference_options(p)

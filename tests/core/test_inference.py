@@ -13,8 +13,12 @@ from napari_tomoseg.core.inference import (
     Predictor,
     fold_batch_norm,
     iter_segment,
+    parse_memory,
+    plan_memory,
     predict_tiled,
+    resolve,
     resolve_device,
+    run_halving,
     segment_volume,
     tile_starts,
 )
@@ -283,3 +287,116 @@ def test_bf16_gives_the_same_segmentation_as_fp32():
     bf16 = segment_volume(ph.volume, model, InferenceConfig(precision="bf16", **cfg)).labels
     assert (fp32 == bf16).mean() > 0.998
     assert Predictor(model, device="cpu", precision="bf16").precision_name == "bf16"
+
+
+# ----------------------------------------------------------------- memory budget, speed paths
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2GB", 2 * 10**9),
+        ("1.5GiB", int(1.5 * 2**30)),
+        ("800M", 800 * 2**20),
+        ("512 MB", 512e6),
+        (10, 10),
+    ],
+)
+def test_parse_memory(text, expected):
+    assert parse_memory(text) == int(expected)
+
+
+@pytest.mark.parametrize("text", ["", "2XB", "-1GB", "0", "lots"])
+def test_parse_memory_rejects_nonsense(text):
+    with pytest.raises(ValueError, match=r"2GB|positive"):
+        parse_memory(text)
+
+
+def test_memory_budget_picks_block_and_batch_and_names_the_minimum():
+    model = _model(tile=512, overlap=32)
+    shape = (256, 1024, 1024)
+    kw = dict(mode="2d", axis=0, tile=512, overlap=32, stitch="valid", itemsize=1)
+    small = plan_memory(model, shape, budget=int(1e9), **kw)
+    big = plan_memory(model, shape, budget=int(2e9), **kw)
+    assert small.estimate <= 1e9 and big.estimate <= 2e9
+    assert 1 <= small.block <= big.block
+    # the plan does not grow with the volume, only with the plane
+    assert plan_memory(model, (4096, 1024, 1024), budget=int(2e9), **kw) == big
+    with pytest.raises(ValueError, match=r"at least .* is needed"):
+        plan_memory(model, shape, budget=big.minimum - 1, **kw)
+    with pytest.raises(ValueError, match="too small"):
+        resolve(InferenceConfig(memory=10**6), model, shape)
+
+
+def test_valid_stitching_does_not_depend_on_block_or_batch_position():
+    """Fixed batch shapes: the labels are identical whatever the slab size (distributed relies on it)."""
+    model = _model(tile=32, overlap=8)
+    predictor = Predictor(model, device="cpu", precision="fp32")
+    volume = np.random.default_rng(7).integers(0, 255, (7, 40, 56)).astype(np.uint8)
+    runs = [
+        run_to_completion(
+            iter_segment(
+                volume,
+                predictor,
+                InferenceConfig(block=block, batch_size=3),
+                grey_range=(0.0, 255.0),
+            )
+        ).labels
+        for block in (1, 2, 7)
+    ]
+    for labels in runs[1:]:
+        np.testing.assert_array_equal(labels, runs[0])
+
+
+def test_valid_and_blend_stitching_agree_on_a_real_network():
+    model = _model(tile=32, overlap=16)
+    volume = np.random.default_rng(8).integers(0, 255, (2, 96, 80)).astype(np.uint8)
+    cfg = dict(tile=32, overlap=16, device="cpu")
+    valid = segment_volume(volume, model, InferenceConfig(stitch="valid", **cfg)).labels
+    blend = segment_volume(volume, model, InferenceConfig(stitch="blend", **cfg)).labels
+    assert (valid == blend).mean() > 0.97
+    with pytest.raises(ValueError, match=r"2d and 2\.5d"):
+        resolve(InferenceConfig(stitch="valid", mode="3d"), _model("3d", 3), (4, 8, 8))
+
+
+class _FakeOOM(RuntimeError):
+    pass
+
+
+def test_out_of_memory_halves_the_batch_instead_of_failing():
+    class Owner:
+        max_batch = None
+
+    owner, seen = Owner(), []
+
+    def fn(batch):
+        seen.append(len(batch))
+        if len(batch) > 3:
+            raise _FakeOOM("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return batch.sum()
+
+    batch = np.ones((8, 1, 2, 2), np.float32)
+    results = run_halving(fn, batch, owner)
+    assert sum(results) == batch.sum()
+    assert seen == [8, 4, 2, 2, 2, 2] and owner.max_batch == 2
+    # remembered for the next batch; other errors pass through; one tile that fails is an error
+    seen.clear()
+    run_halving(fn, batch, owner)
+    assert seen == [2, 2, 2, 2]
+    with pytest.raises(ValueError):
+        run_halving(lambda b: (_ for _ in ()).throw(ValueError("bad")), batch, owner)
+    owner.max_batch = 1
+    with pytest.raises(MemoryError, match="single tile"):
+        run_halving(lambda b: (_ for _ in ()).throw(_FakeOOM("out of memory")), batch, owner)
+
+
+def test_predictor_predict_core_matches_its_probabilities():
+    model = _model(tile=32, overlap=8)
+    predictor = Predictor(model, device="cpu", precision="fp32")
+    batch = np.random.default_rng(9).random((3, 1, 32, 40), dtype=np.float32)
+    core = (slice(4, 28), slice(4, 36))
+    labels, probs = predictor.predict_core(batch, core, probabilities=True)
+    full = predictor(batch)[(slice(None), slice(None), *core)]
+    np.testing.assert_allclose(probs, full, atol=1e-5)
+    np.testing.assert_array_equal(labels, full.argmax(1))
+    assert predictor.predict_core(batch, core, probabilities=False)[1] is None

@@ -455,3 +455,95 @@ def test_voxel_size_unknown(tmp_path: Path, volume: np.ndarray) -> None:
     assert read_voxel_size(pixels) is None
     with pytest.raises(ValueError, match="three positive numbers"):
         write_volume(tmp_path / "v.tif", volume, voxel_size=(1.0, 0.0, 1.0))
+
+
+# ------------------------------------------------------------------------------------ streaming
+
+
+def test_streaming_output_zarr_appears_only_when_complete(tmp_path: Path) -> None:
+    out = tmp_path / "labels.zarr"
+    with io.streaming_output(out, (6, 5, 4), phases=COMPOSITE_PHASES, chunks=(2, 5, 4)) as arr:
+        assert not out.exists()
+        arr[0:2] = 1
+        arr[2:6] = 3
+    stored = zarr.open_array(str(out))
+    assert stored.chunks == (2, 5, 4)
+    np.testing.assert_array_equal(
+        stored[...], np.r_[[1] * 2, [3] * 4][:, None, None] * np.ones((6, 5, 4))
+    )
+    assert read_label_phases(out) == COMPOSITE_PHASES
+    assert _listing(tmp_path) == ["labels.zarr"]
+
+
+@pytest.mark.parametrize("name", ["labels.zarr", "labels.tif", "labels.npy"])
+def test_streaming_output_failure_leaves_nothing(tmp_path: Path, name: str) -> None:
+    with pytest.raises(KeyboardInterrupt), io.streaming_output(tmp_path / name, (2, 3, 3)) as arr:
+        arr[0] = 1
+        raise KeyboardInterrupt
+    assert _listing(tmp_path) == []
+
+
+def test_streaming_output_tiff_and_uint8_volume_kind(tmp_path: Path) -> None:
+    with io.streaming_output(
+        tmp_path / "u.tif", (3, 4, 5), kind="volume", voxel_size=(1, 2, 2)
+    ) as arr:
+        arr[...] = np.arange(60, dtype=np.uint8).reshape(3, 4, 5)
+    np.testing.assert_array_equal(read_volume(tmp_path / "u.tif"), np.arange(60).reshape(3, 4, 5))
+    assert read_voxel_size(tmp_path / "u.tif") == (1.0, 2.0, 2.0)
+    assert _listing(tmp_path) == ["u.tif"]
+
+
+def test_rechunked_copies_only_pathological_chunking(tmp_path: Path, volume: np.ndarray) -> None:
+    good = zarr.create_array(store=str(tmp_path / "g.zarr"), shape=volume.shape, dtype=volume.dtype)
+    good[...] = volume
+    with io.rechunked(good, folder=tmp_path) as same:
+        assert same is good
+    bad = zarr.create_array(
+        store=str(tmp_path / "b.zarr"), shape=volume.shape, dtype=volume.dtype, chunks=(1, 1, 1)
+    )
+    bad[...] = volume
+    assert io.is_pathological_chunking(bad) and not io.is_pathological_chunking(good)
+    with io.rechunked(bad, folder=tmp_path) as copy:
+        assert copy is not bad and copy.chunks == volume.shape  # capped at the shape
+        np.testing.assert_array_equal(copy[...], volume)
+        assert len(_listing(tmp_path)) == 3
+    assert _listing(tmp_path) == ["b.zarr", "g.zarr"]
+
+
+def test_read_volume_dask_is_lazy_for_every_format(tmp_path: Path, volume: np.ndarray) -> None:
+    import dask.array as da
+
+    tifffile.imwrite(tmp_path / "v.tif", volume, compression="zlib")
+    write_volume(tmp_path / "v.zarr", volume)
+    np.save(tmp_path / "v.npy", volume)
+    for name in ("v.tif", "v.zarr", "v.npy"):
+        levels = io.read_volume_dask(tmp_path / name)
+        assert len(levels) == 1 and isinstance(levels[0], da.Array)
+        np.testing.assert_array_equal(levels[0][1:3].compute(), volume[1:3])
+    assert io.read_volume_dask(tmp_path / "v.tif")[0].chunks[0] == (1,) * volume.shape[0]
+
+
+def test_read_volume_dask_multiscale_levels(tmp_path: Path, volume: np.ndarray) -> None:
+    root = zarr.open_group(str(tmp_path / "ms.zarr"), mode="w")
+    root.create_array("0", shape=volume.shape, dtype=volume.dtype)[...] = volume
+    half = volume[:, ::2, ::2]
+    root.create_array("1", shape=half.shape, dtype=volume.dtype)[...] = half
+    root.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [{"axes": ["z", "y", "x"], "datasets": [{"path": "0"}, {"path": "1"}]}],
+    }
+    levels = io.read_volume_dask(tmp_path / "ms.zarr")
+    assert [lv.shape for lv in levels] == [volume.shape, half.shape]
+    np.testing.assert_array_equal(levels[1].compute(), half)
+
+
+def test_read_hdf5_lazily(tmp_path: Path, volume: np.ndarray) -> None:
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f.create_dataset("a/raw", data=volume, chunks=(1, 7, 9))
+    lazy = read_volume(tmp_path / "v.h5", lazy=True)
+    assert isinstance(lazy, h5py.Dataset)
+    np.testing.assert_array_equal(lazy[2:4], volume[2:4])
+    (level,) = io.read_volume_dask(tmp_path / "v.h5")
+    assert level.chunks == ((5,), (7,), (9,))  # tiny stored chunks regrouped by dask
+    np.testing.assert_array_equal(level.compute(), volume)
