@@ -222,6 +222,7 @@ class ExportWidget(QWidget):
         self.export_button = QPushButton("Export")
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self._confirmed: Path | None = None  # the label file the Browse dialog already asked about
 
         form = QFormLayout()
         form.addRow("Labels layer", self.layer_combo)
@@ -299,7 +300,7 @@ class ExportWidget(QWidget):
                 )
             targets = self.outputs(path)
             existing = [p for p in targets if p.exists()]
-            confirmed = getattr(self, "_confirmed", None)
+            confirmed = self._confirmed
             if existing and not (
                 existing == [path] and confirmed == path
             ):  # Browse asked about the label file itself already
@@ -357,10 +358,10 @@ class ExportWidget(QWidget):
 
 def _model_info(layer: Any, s: Any) -> tuple[str | None, dict[str, Any] | None]:
     """Name and provenance of the model that made ``layer``, as the segment widget recorded them
-    (``metadata["tomoseg_model"]`` / ``["tomoseg_model_provenance"]``, or a model in the session)."""
+    (``metadata["tomoseg_model"]`` / ``["tomoseg_provenance"]``, or a model in the session)."""
     meta = getattr(layer, "metadata", None) or {}
     name = meta.get("tomoseg_model")
-    provenance = meta.get("tomoseg_model_provenance")
+    provenance = meta.get("tomoseg_provenance") or meta.get("tomoseg_model_provenance")
     if provenance is None and name is not None and name in s.models:
         provenance = getattr(s.models[name], "provenance", None)
     return (str(name) if name is not None else None), provenance
