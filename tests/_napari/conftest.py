@@ -4,7 +4,8 @@
 - ``sample_viewer``: a real napari viewer with that phantom as layers ``composite`` (image, voxel
   size 1.3 µm as scale) and ``ground truth`` (labels with the phase names/colours).
 - ``wait_job(runner, timeout=...)``: block (with the Qt event loop running) until a widget's
-  :class:`~napari_tomoseg._napari._common.JobRunner` has finished its job; asserts it ended.
+  :class:`~napari_tomoseg._napari._common.JobRunner` has finished its job; returns its final
+  :class:`~napari_tomoseg._napari._common.JobState`.
 - every test gets a private settings folder (``NAPARI_TOMOSEG_CONFIG_DIR``) and torch runs on one
   thread, so the GUI tests stay fast and never touch the user's real settings.
 """
@@ -67,12 +68,13 @@ def wait_job(qtbot):
     def wait(runner, timeout: int = 60_000):
         from napari_tomoseg._napari._common import JobState
 
-        worker = runner.worker
-        assert worker is not None, "no job was started"
-        if runner.state is JobState.RUNNING:
-            with qtbot.waitSignal(worker.finished, timeout=timeout):
-                pass
-        qtbot.waitUntil(lambda: runner.state is not JobState.RUNNING, timeout=5_000)
+        assert runner.worker is not None, "no job was started"
+        # Not qtbot.waitSignal(worker.finished): a fast worker may have emitted it already (queued
+        # to the Qt thread before the test could connect), so wait on the runner's own record.
+        qtbot.waitUntil(
+            lambda: runner.worker_finished and runner.state is not JobState.RUNNING,
+            timeout=timeout,
+        )
         return runner.state
 
     return wait

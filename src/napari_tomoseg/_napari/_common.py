@@ -160,6 +160,8 @@ class JobRunner:
         self.token: CancelToken | None = None
         self.error: BaseException | None = None
         self._pbar: progress | None = None
+        #: True once the current worker has emitted ``finished`` (its thread is done).
+        self.worker_finished = True
         self._listeners: list[Callable[[JobState], None]] = []
 
     # state -----------------------------------------------------------------------------------
@@ -238,6 +240,7 @@ class JobRunner:
             self._set_state(JobState.STOPPED)
 
         def finished() -> None:
+            self.worker_finished = True
             pbar.close()
             if self._pbar is pbar:
                 self._pbar = None
@@ -249,6 +252,7 @@ class JobRunner:
         worker.errored.connect(errored)
         worker.aborted.connect(aborted)
         worker.finished.connect(finished)
+        self.worker_finished = False
         self._set_state(JobState.RUNNING)
         worker.start()
         return worker

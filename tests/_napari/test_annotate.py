@@ -1,0 +1,185 @@
+"""The Annotate widget: phase table, painting keys, copy prediction, import, counts, autosave, next slice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from qtpy.QtWidgets import QDialog
+
+import napari_tomoseg._napari._common as common
+from napari_tomoseg._napari._common import JobState
+from napari_tomoseg._napari.annotate import ANNOTATIONS, AnnotateWidget, RemapDialog, autosave_path
+from napari_tomoseg.core.phases import PhaseTable
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    shown = []
+    monkeypatch.setattr(common, "show_error", shown.append)
+    return shown
+
+
+@pytest.fixture
+def widget(sample_viewer, qtbot):
+    w = AnnotateWidget(sample_viewer)
+    qtbot.addWidget(w)
+    return w
+
+
+def test_layer_phase_table_and_keys(sample_viewer, widget, errors):
+    layer = widget.ensure_layer()
+    assert layer.name == ANNOTATIONS and layer.data.dtype == np.uint8 and not layer.data.any()
+    assert layer.scale.tolist() == pytest.approx([1.3] * 3)
+    assert list(layer.features["phase"]) == ["none", "matrix", "fibre", "pore"]
+    widget.table.cellClicked.emit(1, 1)  # click "fibre"
+    assert layer.selected_label == 2 and layer.mode == "paint"
+    from app_model.types import KeyBinding
+
+    layer.keymap[KeyBinding.from_str("3")](layer)  # number key
+    assert layer.selected_label == 3
+    widget.table.item(0, 1).setText("polyamide")
+    assert widget.phases.names == ("polyamide", "fibre", "pore")
+    assert list(layer.features["phase"])[1] == "polyamide"
+    widget.table.item(1, 1).setText("polyamide")  # duplicate: refused, table restored
+    assert widget.phases.names == ("polyamide", "fibre", "pore")
+    assert "unique" in errors[-1]
+    widget.add_phase.click()
+    assert len(widget.phases) == 4 and widget.table.rowCount() == 4
+    widget.recolour(4, "#123456")
+    assert widget.phases.phases[3].colour == "#123456"
+    np.testing.assert_allclose(
+        layer.colormap.map(np.array([4]))[0][:3], [0x12 / 255, 0x34 / 255, 0x56 / 255]
+    )
+    layer.data[0, 0, 0] = 4
+    widget.remove_phase.click()
+    assert len(widget.phases) == 4 and "holds annotations" in errors[-1]
+
+
+def test_copy_prediction_into_unannotated_voxels(sample_viewer, widget, small_phantom):
+    _, truth = small_phantom
+    sample_viewer.add_labels(truth.copy(), name="prediction")
+    layer = widget.ensure_layer()
+    layer.data[5, :10, :10] = 3
+    sample_viewer.dims.set_current_step(0, 5)
+    n = widget.copy_prediction_slice()
+    assert (layer.data[5, :10, :10] == 3).all()  # kept the user's correction
+    rest = np.ones((64, 64), bool)
+    rest[:10, :10] = False
+    np.testing.assert_array_equal(layer.data[5][rest], truth[5][rest])
+    assert n == int((truth[5][rest] > 0).sum())
+    assert not layer.data[4].any() and not layer.data[6].any()
+    widget.overwrite.setChecked(True)
+    widget.copy_prediction_slice()
+    np.testing.assert_array_equal(layer.data[5], truth[5])
+    layer.undo()
+    assert (layer.data[5, :10, :10] == 3).all()
+
+
+def test_import_foreign_ids_through_the_dialog(
+    sample_viewer, widget, tmp_path, monkeypatch, wait_job
+):
+    foreign = np.zeros((24, 64, 64), np.uint8)
+    foreign[2, :5] = 128
+    foreign[2, 5:9] = 255
+    foreign[3] = 60  # a fourth id: 0/60/128/255 = background + three phases
+    path = tmp_path / "other_tool.tif"
+    tifffile.imwrite(path, foreign, photometric="minisblack")
+    seen = {}
+
+    def accept(self):
+        seen["mapping"] = self.mapping()
+        return QDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(RemapDialog, "exec", accept)
+    layer = widget.ensure_layer()
+    layer.data[10, 0, 0] = 1  # existing annotations elsewhere stay
+    assert widget.import_file(path)
+    assert wait_job(widget.runner) is JobState.DONE
+    assert seen["mapping"] == {0: 0, 60: 1, 128: 2, 255: 3}
+    assert (layer.data[2, :5] == 2).all() and (layer.data[2, 5:9] == 3).all()
+    assert (layer.data[3] == 1).all() and layer.data[10, 0, 0] == 1
+
+
+def test_import_refuses_other_shapes(sample_viewer, widget, tmp_path, wait_job, errors):
+    path = tmp_path / "small.tif"
+    tifffile.imwrite(path, np.ones((3, 8, 8), np.uint8), photometric="minisblack")
+    widget.ensure_layer()
+    widget.import_file(path, mapping={1: 1})
+    assert wait_job(widget.runner) is JobState.FAILED
+    assert "shape (3, 8, 8)" in errors[-1]
+    assert not widget.layer.data.any()
+
+
+def test_counts_per_phase(sample_viewer, widget, qtbot):
+    layer = widget.ensure_layer()
+    data = layer.data.copy()
+    data[1, :2, :3] = 1  # 6 voxels in slice 1
+    data[4, :1, :1] = 1
+    data[4, 5, 5] = 3
+    layer.data = data
+    qtbot.waitUntil(
+        lambda: getattr(widget, "last_counts", {}).get("matrix") == (7, 2), timeout=5000
+    )
+    assert widget.last_counts["pore"] == (1, 1) and widget.last_counts["fibre"] == (0, 0)
+    assert "matrix: 7 voxels in 2 slices" in widget.counts.text()
+
+
+def test_autosave_and_restore(
+    sample_viewer, widget, qtbot, wait_job, make_napari_viewer, small_phantom
+):
+    layer = widget.ensure_layer()
+    widget.table.item(2, 1).setText("void")
+    data = layer.data.copy()
+    data[7, 3:6, 3:6] = 3
+    layer.data = data
+    qtbot.waitUntil(lambda: widget.last_saved is not None, timeout=10_000)
+    wait_job(widget._saver)
+    path = autosave_path(sample_viewer.layers["composite"])
+    assert widget.last_saved == path and path.is_file()
+    # the same volume opened again: annotations and phase names come back
+    other = make_napari_viewer()
+    other.add_image(small_phantom[0], name="composite", scale=(1.3,) * 3)
+    w2 = AnnotateWidget(other)
+    qtbot.addWidget(w2)
+    restored = w2.ensure_layer()
+    np.testing.assert_array_equal(restored.data, data)
+    assert w2.phases.names == ("matrix", "fibre", "void")
+
+
+def test_autosave_never_replaces_a_foreign_file(sample_viewer, widget, wait_job, errors):
+    path = autosave_path(sample_viewer.layers["composite"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"someone else's file")
+    widget.ensure_layer()
+    assert widget.save_now()
+    assert wait_job(widget._saver) is JobState.FAILED
+    assert path.read_bytes() == b"someone else's file"
+    assert "not written by napari-tomoseg" in errors[-1]
+
+
+def test_next_slice_to_correct(sample_viewer, widget, wait_job, errors):
+    assert not widget.goto_next_slice()
+    assert "segment it first" in errors[-1]
+    unc = np.zeros((24, 64, 64), np.float16)
+    unc[9] = 0.9
+    unc[17] = 0.5
+    widget.session.uncertainty = unc
+    layer = widget.ensure_layer()
+    assert widget.goto_next_slice()
+    wait_job(widget.runner)
+    assert sample_viewer.dims.current_step[0] == 9
+    layer.data[9, 0, 0] = 1  # slice 9 annotated now: next is 17
+    assert widget.goto_next_slice()
+    wait_job(widget.runner)
+    assert sample_viewer.dims.current_step[0] == 17
+    assert "z=17" in widget.controls.status.text()
+
+
+def test_no_image_is_a_clear_error(make_napari_viewer, qtbot, errors):
+    viewer = make_napari_viewer()
+    w = AnnotateWidget(viewer)
+    qtbot.addWidget(w)
+    assert w.ensure_layer() is None
+    assert "no image layer" in errors[-1]
+    assert isinstance(w.phases, PhaseTable)
