@@ -26,7 +26,7 @@ def test_remap_and_counts():
     out = remap_labels(labels, {0: 0, 128: 3, 255: 1}, 3)
     assert out.dtype == np.uint8 and out.tolist() == [[[0, 3], [1, 3]]]
     assert remap_labels(labels, {128: 2}, 3).tolist() == [[[0, 2], [0, 2]]]  # unmapped -> 0
-    with pytest.raises(ValueError, match="outside 0..3"):
+    with pytest.raises(ValueError, match=r"outside 0\.\.3"):
         remap_labels(labels, {128: 4}, 3)
     with pytest.raises(ValueError, match="integer"):
         label_ids(np.zeros(3, np.float32))
