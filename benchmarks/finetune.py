@@ -49,7 +49,7 @@ def shifted_domain(shape: tuple[int, int, int]) -> PhantomConfig:
 
 
 def evenly_spaced(n_slices: int, k: int) -> list[int]:
-    return [int(round(v)) for v in np.linspace(0, n_slices - 1, k + 2)[1:-1]]
+    return [round(v) for v in np.linspace(0, n_slices - 1, k + 2)[1:-1]]
 
 
 def score(pred: np.ndarray, truth: np.ndarray, keep: np.ndarray, n: int) -> dict[str, Any]:
@@ -92,12 +92,18 @@ def random_forest(volume: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarr
     """ilastik-like pixel classifier: multi-scale intensity/edge/texture features + a random forest."""
     from functools import partial
 
-    from sklearn.ensemble import RandomForestClassifier
     from skimage.feature import multiscale_basic_features
+    from sklearn.ensemble import RandomForestClassifier
 
     features = partial(
-        multiscale_basic_features, intensity=True, edges=True, texture=True, sigma_min=0.7,
-        sigma_max=8, num_sigma=5, channel_axis=None,
+        multiscale_basic_features,
+        intensity=True,
+        edges=True,
+        texture=True,
+        sigma_min=0.7,
+        sigma_max=8,
+        num_sigma=5,
+        channel_axis=None,
     )
     img = volume.astype(np.float32) / float(np.iinfo(volume.dtype).max)
     feats = features(img)  # (z, y, x, F), 3D filters as ilastik computes them on volumes
@@ -110,7 +116,9 @@ def random_forest(volume: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarr
     rf = RandomForestClassifier(n_estimators=100, n_jobs=-1, random_state=seed, max_depth=20)
     rf.fit(x, y)
     flat = feats.reshape(-1, feats.shape[-1])
-    out = np.concatenate([rf.predict(flat[i : i + 1_000_000]) for i in range(0, flat.shape[0], 1_000_000)])
+    out = np.concatenate(
+        [rf.predict(flat[i : i + 1_000_000]) for i in range(0, flat.shape[0], 1_000_000)]
+    )
     return out.reshape(labels.shape).astype(np.uint8)
 
 
@@ -124,7 +132,9 @@ def run_seed(seed: int, args: argparse.Namespace, base: Any) -> dict[str, Any]:
     before_pred = segment_volume(vol, base, infer, probabilities_out=probs).labels
     strategies = {"even": evenly_spaced(nz, args.slices)}
     if args.suggest:
-        strategies["suggested"] = [s.index for s in rank_slices(entropy(probs), axis=0, n=args.slices)]
+        strategies["suggested"] = [
+            s.index for s in rank_slices(entropy(probs), axis=0, n=args.slices)
+        ]
     out: dict[str, Any] = {"seed": seed}
     for name, chosen in strategies.items():
         keep = np.ones(vol.shape, bool)
@@ -133,7 +143,9 @@ def run_seed(seed: int, args: argparse.Namespace, base: Any) -> dict[str, Any]:
         annotations[chosen] = truth[chosen]
         t0 = time.perf_counter()
         result = finetune(
-            vol, annotations, base=base,
+            vol,
+            annotations,
+            base=base,
             config=FinetuneConfig(budget=args.budget, steps=args.steps, seed=args.seed),
         )
         train_seconds = time.perf_counter() - t0
@@ -157,13 +169,21 @@ def run_seed(seed: int, args: argparse.Namespace, base: Any) -> dict[str, Any]:
         out[name] = entry
         log.info(
             "seed %d %s slices %s: before %.3f after %.3f bin %.3f rf %s (%d steps)",
-            seed, name, chosen, entry["before"]["mean"], entry["after"]["mean"], entry["bin"]["mean"],
-            f"{entry['rf']['mean']:.3f}" if "rf" in entry else "-", result.steps,
+            seed,
+            name,
+            chosen,
+            entry["before"]["mean"],
+            entry["after"]["mean"],
+            entry["bin"]["mean"],
+            f"{entry['rf']['mean']:.3f}" if "rf" in entry else "-",
+            result.steps,
         )
     return out
 
 
-def summarise(runs: list[dict[str, Any]], key: str, names: tuple[str, ...], strategy: str) -> dict[str, Any]:
+def summarise(
+    runs: list[dict[str, Any]], key: str, names: tuple[str, ...], strategy: str
+) -> dict[str, Any]:
     per_phase = np.nanmean([r[strategy][key]["per_phase"] for r in runs], axis=0)
     return {
         "mean": float(np.nanmean([r[strategy][key]["mean"] for r in runs])),
@@ -172,14 +192,18 @@ def summarise(runs: list[dict[str, Any]], key: str, names: tuple[str, ...], stra
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--slices", type=int, default=3, help="annotated z slices (k)")
     ap.add_argument("--budget", type=float, default=120.0, help="fine-tuning seconds")
     ap.add_argument("--steps", type=int, help="step budget instead (reproducible)")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     ap.add_argument("--shape", type=int, nargs=3, default=[64, 256, 256])
     ap.add_argument("--seed", type=int, default=0, help="training seed")
-    ap.add_argument("--suggest", action="store_true", help="also fine-tune on the k most uncertain slices")
+    ap.add_argument(
+        "--suggest", action="store_true", help="also fine-tune on the k most uncertain slices"
+    )
     ap.add_argument("--no-rf", action="store_true", help="skip the random forest")
     ap.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     args = ap.parse_args(argv)
@@ -195,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = [run_seed(s, args, base) for s in args.seeds]
     train_seconds = float(np.mean([r["even"]["train_seconds"] for r in runs]))
     vox_per_s = float(
-        np.sum([r["even"]["voxels_seen"] for r in runs]) / np.sum([r["even"]["optimisation_seconds"] for r in runs])
+        np.sum([r["even"]["voxels_seen"] for r in runs])
+        / np.sum([r["even"]["optimisation_seconds"] for r in runs])
     )
     flops = training_flops_per_voxel(base, 128)
     result: dict[str, Any] = {

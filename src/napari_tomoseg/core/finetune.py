@@ -93,7 +93,9 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if self.budget is None and self.steps is None:
-            raise ValueError("FinetuneConfig needs a budget (seconds) or steps to know when to stop")
+            raise ValueError(
+                "FinetuneConfig needs a budget (seconds) or steps to know when to stop"
+            )
         if self.budget is not None and not self.budget > 0:
             raise ValueError(
                 f"FinetuneConfig.budget must be > 0 seconds, got {self.budget}; give e.g. 120"
@@ -118,7 +120,9 @@ class FinetuneConfig:
         if self.mode is not None and self.mode not in ("2d", "2.5d", "3d"):
             raise ValueError(f"FinetuneConfig.mode must be '2d', '2.5d' or '3d', got {self.mode!r}")
         if self.validate_every is not None and self.validate_every < 1:
-            raise ValueError(f"FinetuneConfig.validate_every must be >= 1, got {self.validate_every}")
+            raise ValueError(
+                f"FinetuneConfig.validate_every must be >= 1, got {self.validate_every}"
+            )
         if self.base_filters < 1:
             raise ValueError(f"FinetuneConfig.base_filters must be >= 1, got {self.base_filters}")
 
@@ -166,7 +170,9 @@ def _check_annotations(
             "they must match voxel for voxel"
         )
     if len(volume_shape) != 3:
-        raise ValueError(f"fine-tuning needs a 3D volume (z, y, x), got shape {tuple(volume_shape)}")
+        raise ValueError(
+            f"fine-tuning needs a 3D volume (z, y, x), got shape {tuple(volume_shape)}"
+        )
     if annotations.dtype.kind not in "ui":
         if annotations.dtype.kind == "b":
             raise ValueError(
@@ -496,7 +502,12 @@ def _validator(
         acc = ConfusionAccumulator(n_phases)
         for image, labels in pairs:
             probs = predict_tiled(
-                image[None], predict, n_out=n_phases, tile=512, overlap=32, batch_size=1,
+                image[None],
+                predict,
+                n_out=n_phases,
+                tile=512,
+                overlap=32,
+                batch_size=1,
                 multiple=network.cfg.multiple,
             )[0]
             acc.update(np.argmax(probs, axis=0).astype(np.uint8) + 1, labels)
@@ -526,7 +537,6 @@ def iter_finetune(
     whose model holds the weights with the best validation Jaccard (the last ones without validation).
     Cancelling (``cancel.cancel()``) stops after the current step and returns the best model so far.
     """
-    import torch
 
     from .inference import resolve_device
     from .train import CropSampler, TrainConfig, iter_train
@@ -550,10 +560,13 @@ def iter_finetune(
             plan = replace(plan, validation="none", validation_slices=())
             log.warning("3D fine-tuning keeps the last weights (no held-out validation yet)")
     else:
-        train_volumes, val_pairs = _training_data(
-            volume, ann, plan, net_cfg.in_channels, low, high
-        )
-        sampler_kw = {"ndim": 2, "in_channels": net_cfg.in_channels, "axes": (0,), "crop": config.crop}
+        train_volumes, val_pairs = _training_data(volume, ann, plan, net_cfg.in_channels, low, high)
+        sampler_kw = {
+            "ndim": 2,
+            "in_channels": net_cfg.in_channels,
+            "axes": (0,),
+            "crop": config.crop,
+        }
     sampler = CropSampler(
         train_volumes,
         n_phases=n,

@@ -7,8 +7,9 @@ Correcting those slices teaches the model more than correcting evenly spaced one
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -128,3 +129,59 @@ def rank_slices(
         chosen.append(SliceScore(int(i), float(scores[i])))
         blocked[max(0, i - spacing) : i + spacing + 1] = True
     return chosen
+
+
+def volume_uncertainty(
+    volume: Any,
+    model: Any,
+    *,
+    mode: str | None = None,
+    axis: int = 0,
+    device: str = "auto",
+    progress: Callable[[Any], None] | None = None,
+    cancel: Any = None,
+) -> npt.NDArray[np.float32]:
+    """Per-voxel uncertainty of ``model`` on ``volume`` (float32 in [0, 1], the volume's shape).
+
+    2D / 2.5D / 3D modes: the normalised entropy of the predicted probabilities. ``2d-3axes``: the mean
+    of the entropy of the averaged probabilities and of the disagreement between the three axes' labels
+    (slices that look different along z, y and x are where slice-wise prediction is unsure).
+    """
+    from .inference import InferenceConfig, Predictor, iter_segment
+    from .progress import run_to_completion
+
+    mode = mode or model.defaults.mode
+    predictor = Predictor(model, device=device)
+    n = len(model.phases)
+    probs = np.zeros((n, *np.shape(volume)), np.float32)
+
+    def run(m: str, ax: str) -> npt.NDArray[np.uint8]:
+        config = InferenceConfig(mode=m, axis=ax)  # type: ignore[arg-type]
+        it = iter_segment(volume, predictor, config, probabilities_out=probs, cancel=cancel)
+        return np.asarray(run_to_completion(it, progress).labels)
+
+    if mode != "2d-3axes":
+        run(mode, "zyx"[axis] if mode in ("2d", "2.5d") else model.defaults.axis)
+        return entropy(probs)
+    labels, mean = [], np.zeros_like(probs)
+    for ax in "zyx":
+        labels.append(run("2d", ax))
+        mean += probs / 3
+    return np.float32(0.5) * (entropy(mean) + disagreement(labels))
+
+
+def suggest_slices(
+    volume: Any,
+    model: Any,
+    *,
+    axis: int = 0,
+    n: int = 3,
+    annotations: npt.ArrayLike | None = None,
+    mask: npt.ArrayLike | None = None,
+    mode: str | None = None,
+    device: str = "auto",
+    progress: Callable[[Any], None] | None = None,
+) -> tuple[list[SliceScore], npt.NDArray[np.float32]]:
+    """The ``n`` slices along ``axis`` to annotate next, and the uncertainty map they come from."""
+    u = volume_uncertainty(volume, model, mode=mode, axis=axis, device=device, progress=progress)
+    return rank_slices(u, axis=axis, n=n, annotations=annotations, mask=mask), u

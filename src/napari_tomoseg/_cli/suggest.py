@@ -1,0 +1,106 @@
+"""``tomoseg suggest``: the slices to annotate next, where the model is least sure.
+
+volume + model -> per-voxel uncertainty (entropy; axis disagreement in 2d-3axes mode)
+-> mean per slice (annotated slices skipped) -> the n most uncertain slices, printed with their scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import numpy as np
+
+from napari_tomoseg.cli import CliError, _load_model, _progress_bar, _set_threads
+
+AXES = {"z": 0, "y": 1, "x": 2}
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from napari_tomoseg.core import io
+    from napari_tomoseg.core.uncertainty import suggest_slices
+
+    if args.n < 1:
+        raise CliError(f"-n must be >= 1, got {args.n}")
+    if args.uncertainty:
+        uncertainty_path = io.check_output_path(args.uncertainty, overwrite=args.overwrite)
+    model = _load_model(args.model)
+    volume = io.read_volume(args.input, lazy=True)
+    io.check_volume(volume, name=str(args.input))
+    annotations = None
+    if args.annotations:
+        annotations = io.read_labels(args.annotations)
+        if annotations.shape != tuple(volume.shape):
+            raise CliError(
+                f"annotations have shape {annotations.shape} but the volume is {tuple(volume.shape)}"
+            )
+    _set_threads(args.threads)
+    axis = AXES[args.axis]
+    passes = 3 if (args.mode or model.defaults.mode) == "2d-3axes" else 1
+    bar = _progress_bar(passes * int(np.prod(volume.shape)), "predict")
+    done = [0, 0]
+
+    def update(event: Any) -> None:
+        if event.done < done[1]:  # a new pass along another axis
+            done[0] += done[1]
+        done[1] = event.done
+        bar.n = done[0] + event.done
+        bar.refresh()
+
+    try:
+        ranked, u = suggest_slices(
+            volume,
+            model,
+            axis=axis,
+            n=args.n,
+            annotations=annotations,
+            mode=args.mode,
+            device=args.device,
+            progress=update,
+        )
+    finally:
+        bar.close()
+    if args.uncertainty:
+        io.write_volume(
+            uncertainty_path, np.round(u * 255).astype(np.uint8), overwrite=args.overwrite
+        )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "axis": args.axis,
+                    "slices": [{"index": s.index, "score": s.score} for s in ranked],
+                }
+            )
+        )
+    else:
+        print(
+            f"slices along {args.axis} to annotate next (mean uncertainty, 0 = sure, 1 = guessing):"
+        )
+        for s in ranked:
+            print(f"  {args.axis}={s.index:<6d} {s.score:.4f}")
+        if args.uncertainty:
+            print(f"uncertainty map (uint8, 255 = most uncertain) -> {uncertainty_path}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "suggest",
+        help="rank slices by the model's uncertainty: which to annotate next",
+        description="Predict the volume, compute per-voxel uncertainty and print the slices where the "
+        "model is least sure (skipping slices that --annotations already covers).",
+    )
+    p.add_argument("input", help="volume file or folder")
+    p.add_argument("--model", help="model file (.safetensors); the bundled model if absent")
+    p.add_argument("-n", type=int, default=3, help="how many slices to suggest")
+    p.add_argument("--axis", choices=["z", "y", "x"], default="z")
+    p.add_argument("--annotations", help="existing annotations: their slices are not suggested")
+    p.add_argument("--mode", choices=["2d", "2d-3axes", "2.5d", "3d"], help="default: the model's")
+    p.add_argument("--uncertainty", help="also write the uncertainty map (uint8) to this file")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_suggest)

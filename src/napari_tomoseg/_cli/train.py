@@ -1,0 +1,223 @@
+"""``tomoseg train``: fine-tune a model on a few annotated slices of a volume.
+
+volume + annotations (+ base model) -> plan (printed notes) -> fine-tuning with a progress bar
+-> model file (written atomically, never over an existing file without --overwrite) + validation table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_tomoseg.cli import CliError, _load_model, _set_threads, format_table
+
+AXIS_NAMES = {"z": 0, "y": 1, "x": 2}
+
+
+def parse_duration(text: str) -> float:
+    """``120``, ``120s``, ``2m``, ``1.5min``, ``1h`` -> seconds."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|sec|m|min|h)?\s*", text)
+    if not m:
+        raise CliError(f"cannot read the duration {text!r}; write e.g. 120s, 2m or 120")
+    value = (
+        float(m.group(1)) * {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
+    )
+    if value <= 0:
+        raise CliError(f"--budget must be more than 0 seconds, got {text!r}")
+    return value
+
+
+def parse_slices(text: str) -> tuple[int, list[int]]:
+    """``z:10,50,90`` -> (0, [10, 50, 90]); the axis letter defaults to z."""
+    axis_name, _, rest = text.rpartition(":")
+    axis_name = axis_name.strip().lower() or "z"
+    if axis_name not in AXIS_NAMES:
+        raise CliError(f"slice axis must be z, y or x, got {axis_name!r} in {text!r}")
+    try:
+        indices = sorted({int(v) for v in rest.split(",") if v.strip()})
+    except ValueError:
+        raise CliError(f"cannot read slice indices in {text!r}; write e.g. z:10,50,90") from None
+    if not indices:
+        raise CliError(f"no slice index in {text!r}; write e.g. z:10,50,90")
+    return AXIS_NAMES[axis_name], indices
+
+
+def _keep_slices(annotations: np.ndarray, axis: int, indices: list[int]) -> np.ndarray:
+    n = annotations.shape[axis]
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        raise CliError(f"slices {bad} are outside the volume (0..{n - 1} along {'zyx'[axis]})")
+    keep = np.zeros(n, bool)
+    keep[indices] = True
+    shape = [1, 1, 1]
+    shape[axis] = n
+    out = np.where(keep.reshape(shape), annotations, 0).astype(annotations.dtype)
+    empty = [i for i in indices if not np.take(out, i, axis=axis).any()]
+    if empty:
+        raise CliError(
+            f"slices {empty} along {'zyx'[axis]} hold no annotation; choose annotated slices"
+        )
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from napari_tomoseg.core import io
+    from napari_tomoseg.core.finetune import FinetuneConfig, plan_finetune
+    from napari_tomoseg.core.model import save_model
+    from napari_tomoseg.core.phases import PhaseTable
+
+    t_start = time.perf_counter()
+    out = Path(args.output)
+    if out.suffix != ".safetensors":
+        raise CliError(f"model files end in .safetensors, got {out.name!r}")
+    if out.exists() and not args.overwrite:
+        raise CliError(f"{out} exists; choose another name or pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise CliError(f"folder {out.parent} does not exist; create it first")
+    budget = parse_duration(args.budget) if args.budget is not None else None
+    if budget is None and args.steps is None:
+        budget = 120.0
+    volume = io.read_volume(args.input, lazy=True)
+    io.check_volume(volume, name=str(args.input))
+    annotations = io.read_labels(args.annotations)
+    if annotations.shape != tuple(volume.shape):
+        raise CliError(
+            f"annotations {args.annotations} have shape {annotations.shape} but the volume is "
+            f"{tuple(volume.shape)}; they must match voxel for voxel"
+        )
+    axis = None
+    if args.slices:
+        axis, indices = parse_slices(args.slices)
+        annotations = _keep_slices(annotations, axis, indices)
+    validation, val_slices = "auto", ()
+    if args.val:
+        if args.val in ("auto", "band", "none"):
+            validation = args.val
+        else:
+            val_axis, val_list = parse_slices(args.val)
+            if axis is not None and val_axis != axis:
+                raise CliError("--val and --slices must name the same axis")
+            axis, validation, val_slices = val_axis, "slices", tuple(val_list)
+    phases = None
+    if args.phases:
+        names = [n.strip() for n in args.phases.split(",") if n.strip()]
+        phases = PhaseTable.from_names(names)
+    if args.scratch and args.base:
+        raise CliError("give either --base MODEL or --scratch, not both")
+    base = None if args.scratch else _load_model(args.base)
+    config = FinetuneConfig(
+        budget=budget,
+        steps=args.steps,
+        learning_rate=args.lr,
+        optimizer=args.optimizer,
+        augment=not args.no_augment,
+        validation=validation,  # type: ignore[arg-type]
+        validation_slices=val_slices,
+        axis=axis,
+        seed=args.seed,
+        mode=args.mode,
+    )
+    _set_threads(args.threads)
+    plan = plan_finetune(volume.shape, annotations, base=base, phases=phases, config=config)
+    n_slices = len(set(plan.train_slices) | set(plan.validation_slices))
+    print(
+        f"fine-tuning {'from scratch' if base is None else (base.source.name if base.source else 'model')} "
+        f"on {n_slices} annotated slice(s) along {'zyx'[plan.axis]} "
+        f"({', '.join(f'{n}: {c}' for n, c in zip(plan.phases.names, plan.counts, strict=True))} voxels); "
+        f"validation: {plan.validation}"
+        + (f" on slices {list(plan.validation_slices)}" if plan.validation == "slices" else "")
+    )
+    for note in plan.notes:
+        print(f"note: {note}")
+    result = _run(volume, annotations, base, phases, config, args.device)
+    model = result.model
+    model.provenance["annotations_file"] = str(args.annotations)
+    model.provenance["volume_file"] = str(args.input)
+    save_model(out, model, overwrite=args.overwrite)
+    print(
+        f"{result.steps} steps in {result.seconds:.1f} s ({result.voxels_seen / max(result.seconds, 1e-9) / 1e6:.2f} "
+        f"Mvox/s, stopped by {result.stopped}); best step {model.provenance['best_step']}; "
+        f"total {time.perf_counter() - t_start:.1f} s -> {out}"
+    )
+    if result.validation is not None:
+        names = list(result.validation)
+        print("validation Jaccard on held-out annotations:")
+        print(format_table(names, {"Jaccard": [result.validation[n] for n in names]}))
+    else:
+        print("no validation (no annotation held out): the last weights were kept")
+    return 0
+
+
+def _run(
+    volume: Any, annotations: np.ndarray, base: Any, phases: Any, config: Any, device: str
+) -> Any:
+    from tqdm import tqdm
+
+    from napari_tomoseg.core.finetune import iter_finetune
+    from napari_tomoseg.core.progress import CancelToken
+
+    by_steps = config.steps is not None and config.budget is None
+    total = config.steps if by_steps else config.budget
+    bar = tqdm(
+        total=total, desc="train", unit="step" if by_steps else "s", disable=None, leave=False
+    )
+    gen = iter_finetune(
+        volume,
+        annotations,
+        base=base,
+        phases=phases,
+        config=config,
+        cancel=CancelToken(),
+        device=device,
+    )
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            bar.n = event.step if by_steps else min(total, event.elapsed)
+            post = {"loss": f"{event.loss:.3f}"}
+            if event.best_mean is not None:
+                post["val"] = f"{event.best_mean:.3f}"
+            bar.set_postfix(post, refresh=True)
+    finally:
+        bar.close()
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model on annotated slices of a volume",
+        description="Fine-tune the bundled model (or --base, or --scratch) on a volume's annotations "
+        "(0 = not annotated, 1..C = phases) and save it as a .safetensors file.",
+    )
+    p.add_argument(
+        "input", help="volume: .tif/.tiff stack, folder of TIFF slices, .npy, .zarr, .h5"
+    )
+    p.add_argument("--annotations", "-a", required=True, help="label file of the same shape")
+    p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--base", help="model to start from (default: the bundled model)")
+    p.add_argument("--scratch", action="store_true", help="train a new model from random weights")
+    p.add_argument("--mode", choices=["2d", "2.5d", "3d"], help="mode of a --scratch model")
+    p.add_argument("--slices", help="use only these annotated slices, e.g. z:10,50,90")
+    p.add_argument("--budget", help="optimisation time, e.g. 120s or 5m (default 120s)")
+    p.add_argument("--steps", type=int, help="optimisation steps (reproducible with --seed)")
+    p.add_argument(
+        "--val",
+        help="validation: auto (default), band, none, or slices to hold out, e.g. z:40,80",
+    )
+    p.add_argument("--phases", help="phase names for ids 1..C, e.g. pore,matrix,aggregate")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--optimizer", choices=["adamw", "adabelief"], default="adamw")
+    p.add_argument("--no-augment", action="store_true", help="no dihedral/intensity augmentation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    p.set_defaults(func=cmd_train)

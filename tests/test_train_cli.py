@@ -1,0 +1,154 @@
+"""tomoseg train / suggest: the saved model, its provenance, and every bad input (no model written)."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_tomoseg._cli.train import parse_duration, parse_slices
+from napari_tomoseg.cli import CliError, main
+from napari_tomoseg.core.model import load_model
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    argv = ["synth", "-o", str(d / "vol.tif"), "--labels", str(d / "truth.tif")]
+    assert main([*argv, "--shape", "12", "64", "64", "--seed", "4"]) == 0
+    truth = tifffile.imread(d / "truth.tif")
+    ann = np.zeros_like(truth)
+    ann[[3, 8]] = truth[[3, 8]]
+    tifffile.imwrite(d / "ann.tif", ann)
+    return d
+
+
+def _fails(argv, capsys, match):
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tomoseg: error:") and "\n" not in err, err
+    assert match in err, err
+
+
+def test_train_writes_a_model_with_provenance(data, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    argv = ["train", str(data / "vol.tif"), "-a", str(data / "ann.tif"), "-o", str(out)]
+    assert main([*argv, "--steps", "2", "--seed", "5", "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "2 annotated slice(s) along z" in text and "validation: band" in text
+    assert "validation Jaccard on held-out annotations" in text and "mean" in text
+    model = load_model(out)
+    prov = model.provenance
+    assert prov["fine_tuned_from"].startswith("bundled:")
+    assert prov["steps"] == 2 and prov["seed"] == 5 and prov["annotated_slices"] == 2
+    assert prov["data_shape"] == [12, 64, 64] and prov["train_slices"] == [3, 8]
+    assert set(prov["validation_jaccard"]) == {"matrix", "fibre", "pore"}
+    assert model.phases.names == ("matrix", "fibre", "pore")
+
+
+def test_train_with_slices_phases_and_validation_slices(data, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    truth = tifffile.imread(data / "truth.tif")
+    ann = np.zeros_like(truth)
+    ann[[2, 5, 9]] = truth[[2, 5, 9]]
+    ann[ann == 3] = 1  # two phases
+    tifffile.imwrite(tmp_path / "a.tif", ann)
+    argv = ["train", str(data / "vol.tif"), "-a", str(tmp_path / "a.tif"), "-o", str(out)]
+    argv += ["--steps", "1", "--slices", "z:2,9", "--val", "z:9", "--phases", "resin,glass"]
+    assert main(argv) == 0
+    model = load_model(out)
+    assert model.phases.names == ("resin", "glass") and model.config.n_phases == 2
+    assert model.provenance["train_slices"] == [2] and model.provenance["validation_slices"] == [9]
+    assert "new output layer" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--budget", "0"], "more than 0 seconds"),
+        (["--budget", "soon"], "cannot read the duration"),
+        (["--slices", "z:1"], "hold no annotation"),
+        (["--slices", "q:1"], "axis must be z, y or x"),
+        (["--slices", "z:100"], "outside the volume"),
+        (["--phases", "a,b"], "lacks"),
+        (["--scratch", "--base", "x.safetensors"], "not both"),
+        (["--mode", "3d"], "cannot be fine-tuned in mode '3d'"),
+        (["--val", "z:1"], "hold no annotation"),
+    ],
+)
+def test_train_bad_options_fail_cleanly_without_a_model(data, tmp_path, capsys, extra, match):
+    out = tmp_path / "m.safetensors"
+    argv = [
+        "train",
+        str(data / "vol.tif"),
+        "-a",
+        str(data / "ann.tif"),
+        "-o",
+        str(out),
+        "--steps",
+        "1",
+    ]
+    _fails([*argv, *extra], capsys, match)
+    assert not out.exists()
+
+
+def test_train_bad_annotations_fail_cleanly(data, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    tifffile.imwrite(tmp_path / "empty.tif", np.zeros((12, 64, 64), np.uint8))
+    tifffile.imwrite(
+        tmp_path / "small.tif", np.ones((5, 64, 64), np.uint8), photometric="minisblack"
+    )
+    base = ["train", str(data / "vol.tif"), "-o", str(out), "--steps", "1", "-a"]
+    _fails([*base, str(tmp_path / "empty.tif")], capsys, "no annotated voxel")
+    _fails([*base, str(tmp_path / "small.tif")], capsys, "must match voxel for voxel")
+    _fails([*base, str(tmp_path / "missing.tif")], capsys, "missing.tif")
+    assert not out.exists()
+
+
+def test_train_never_overwrites_an_existing_file(data, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"precious")
+    argv = [
+        "train",
+        str(data / "vol.tif"),
+        "-a",
+        str(data / "ann.tif"),
+        "-o",
+        str(out),
+        "--steps",
+        "1",
+    ]
+    _fails(argv, capsys, "exists")
+    assert out.read_bytes() == b"precious"
+    _fails([*argv[:-4], "-o", str(tmp_path / "m.pt"), "--steps", "1"], capsys, ".safetensors")
+
+
+def test_train_with_a_corrupt_base_model_fails_cleanly(data, tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a model")
+    out = tmp_path / "m.safetensors"
+    argv = ["train", str(data / "vol.tif"), "-a", str(data / "ann.tif"), "-o", str(out)]
+    _fails([*argv, "--base", str(bad), "--steps", "1"], capsys, "bad.safetensors")
+    assert not out.exists()
+
+
+def test_duration_and_slice_parsing():
+    assert parse_duration("120") == 120 and parse_duration("2m") == 120
+    assert parse_duration("1.5min") == 90 and parse_duration("90s") == 90
+    assert parse_slices("z:10,50,90") == (0, [10, 50, 90])
+    assert parse_slices("x:3") == (2, [3]) and parse_slices("7,5") == (0, [5, 7])
+    with pytest.raises(CliError):
+        parse_slices("z:a,b")
+
+
+def test_suggest_prints_ranked_unannotated_slices(data, tmp_path, capsys):
+    argv = ["suggest", str(data / "vol.tif"), "-n", "2", "--annotations", str(data / "ann.tif")]
+    assert main([*argv, "--json", "--uncertainty", str(tmp_path / "u.tif")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    indices = [s["index"] for s in result["slices"]]
+    scores = [s["score"] for s in result["slices"]]
+    assert len(indices) == 2 and not {3, 8} & set(indices)
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    u = tifffile.imread(tmp_path / "u.tif")
+    assert u.shape == (12, 64, 64) and u.dtype == np.uint8
+    assert abs(u[indices[0]].mean() / 255 - scores[0]) < 0.01
