@@ -98,6 +98,19 @@ def test_jaccard_against_ground_truth_matches_core(sample_viewer, small_phantom,
     assert tuple(errors.scale) == pytest.approx((VOXEL_UM,) * 3)
     assert tuple(errors.colormap.map(np.array([1]))[0][:3]) == pytest.approx((1.0, 0.0, 0.0))
     assert len(w.figure.axes[0].lines) == 3
+    # New layers (errors, annotations) never replace the reference the user chose.
+    assert w.reference_combo.currentText() == "ground truth"
+    sample_viewer.add_labels(np.zeros_like(truth), name="annotations")
+    assert w.reference_combo.currentText() == "ground truth"
+
+
+def test_a_new_prediction_layer_is_picked_up(sample_viewer, small_phantom, qtbot):
+    _, truth = small_phantom
+    w = EvaluateWidget(sample_viewer)
+    qtbot.addWidget(w)
+    _add_prediction(sample_viewer, truth.copy())
+    assert w.prediction_combo.currentText() == "prediction"
+    assert w.reference_combo.currentText() == "ground truth"
 
 
 def test_held_out_slices_are_the_default_region(sample_viewer, small_phantom, qtbot, wait_job):

@@ -372,8 +372,17 @@ class EvaluateWidget(QWidget):
                 break
 
     def _on_layers_changed(self, event: Any = None) -> None:
+        """A new ``prediction`` or ``annotations`` layer becomes the default choice, unless the
+        user has chosen another layer already (other insertions, e.g. ``errors``, change nothing)."""
+        name = getattr(getattr(event, "value", None), "name", None)
         try:
-            self._choose_defaults()
+            if name == "prediction":
+                self.prediction_combo.set_layer(name)
+            elif name in ("annotations", "ground truth") and self.reference_combo.layer() in (
+                None,
+                self.prediction_combo.layer(),
+            ):
+                self.reference_combo.set_layer(name)
             self._update_held_out()
         except RuntimeError:  # the widget was closed
             self.viewer.layers.events.inserted.disconnect(self._on_layers_changed)
