@@ -26,7 +26,7 @@ def test_manifest_is_valid_and_namespaced():
     ids = [c.id for c in manifest.contributions.commands]
     assert all(i.startswith("napari-tomoseg.") for i in ids)
     widgets = {w.display_name for w in manifest.contributions.widgets}
-    assert {"Segment", "Annotate"} <= widgets
+    assert {"Segment", "Annotate", "Fine-tune"} <= widgets
     assert manifest.contributions.readers and manifest.contributions.sample_data
 
 
