@@ -206,8 +206,9 @@ class CropSampler:
             img = np.pad(img, [(0, 0), *pad], mode="symmetric")
             lab = np.pad(lab, pad, mode="constant")
         if self.augment:
-            img, lab = random_dihedral(img, lab, self.rng)
+            img, lab_aug = random_dihedral(img, lab, self.rng)
             img = random_intensity(img, self.rng)
+            return np.ascontiguousarray(img, np.float32), np.ascontiguousarray(lab_aug, np.int64)
         return np.ascontiguousarray(img, np.float32), np.ascontiguousarray(lab, np.int64)
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -372,7 +373,7 @@ def _optimiser(network: nn.Module, config: TrainConfig) -> torch.optim.Optimizer
             raise ImportError(
                 "the AdaBelief optimiser needs the 'pytorch-optimizer' package: pip install pytorch-optimizer"
             ) from err
-        return AdaBelief(  # type: ignore[no-any-return]
+        return AdaBelief(
             params, lr=config.learning_rate, weight_decay=config.weight_decay, weight_decouple=True
         )
     return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
