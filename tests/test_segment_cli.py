@@ -148,3 +148,25 @@ def test_tiff_folder_input_streams(phantom, tmp_path):
     out = tmp_path / "labels.npy"
     assert main(["segment", str(folder), "-o", str(out), "--tile", "32", "--device", "cpu"]) == 0
     assert np.load(out).shape == vol.shape
+
+
+def test_local_cluster_output_is_identical_to_single_process(phantom, tmp_path):
+    single, dist = tmp_path / "single.zarr", tmp_path / "dist.zarr"
+    common = ["--tile", "32", "--overlap", "8", "--device", "cpu", "--memory", "1GB"]
+    assert main(["segment", str(phantom / "vol.zarr"), "-o", str(single), *common]) == 0
+    argv = ["segment", str(phantom / "vol.zarr"), "-o", str(dist), "--local-cluster", "2"]
+    assert main([*argv, *common]) == 0
+    np.testing.assert_array_equal(
+        zarr.open_array(str(dist))[...], zarr.open_array(str(single))[...]
+    )
+    assert io.read_label_phases(dist) == COMPOSITE_PHASES
+
+
+def test_unreachable_scheduler_fails_cleanly(phantom, tmp_path, capsys):
+    out = tmp_path / "labels.zarr"
+    _fails(
+        ["segment", str(phantom / "vol.zarr"), "-o", str(out), "--scheduler", "tcp://127.0.0.1:1"],
+        capsys,
+        "cannot reach the dask scheduler",
+    )
+    assert list(tmp_path.iterdir()) == []

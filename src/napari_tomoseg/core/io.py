@@ -1571,3 +1571,12 @@ def _ome_levels(path: Path) -> list[Any]:
         if arrays:
             return arrays
     return []
+
+
+def open_volume(path: str | os.PathLike[str], *, dataset: str | None = None) -> Any:
+    """The lazy array :func:`read_volume` returns with ``lazy=True``, without the data checks.
+
+    For workers re-opening a volume that was already checked (dask tasks): cheap, no slice sampled.
+    """
+    p = _existing(path)
+    return _reader_for(p)(p, dataset, True)
