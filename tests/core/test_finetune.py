@@ -242,3 +242,14 @@ def test_fine_tuning_improves_the_bundled_model_on_a_shifted_domain(base) -> Non
         segment_volume(ph.volume, result.model, infer).labels[rest], ph.labels[rest], n
     )
     assert np.nanmean(after) > np.nanmean(before) + 0.05, (before, after)
+
+
+def test_crop_shrinks_to_small_slices_and_tiny_slices_are_refused(base) -> None:
+    ph = make_phantom(PhantomConfig(shape=(8, 40, 48)), seed=2)
+    ann = annotate(ph.labels, [3])
+    plan = plan_finetune(ann.shape, ann, base=base)
+    assert plan.crop == 48 and any("crops of 48" in n for n in plan.notes)
+    result = finetune(ph.volume, ann, base=base, config=replace(FAST, crop=128))
+    assert result.steps == 3
+    with pytest.raises(ValueError, match="at least 16x16"):
+        plan_finetune(ann.shape, annotate(ph.labels, [5], axis=1), base=base)

@@ -28,6 +28,8 @@ Validation = Literal["auto", "slices", "band", "none"]
 FEW_SLICES = 5
 #: Fraction of the annotated voxels held out for validation.
 HOLDOUT = 0.2
+#: Smallest slice edge worth training on.
+MIN_PLANE = 16
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class FinetunePlan:
     validation_slices: tuple[int, ...]
     validation: Validation
     counts: tuple[int, ...]  # annotated voxels per phase (ids 1..C)
+    crop: int = 128  # training crop edge, at most the slice size
     notes: tuple[str, ...] = ()
 
 
@@ -302,6 +305,19 @@ def plan_finetune(
             )
     axis = config.axis if config.axis is not None else _choose_axis(ann)
     annotated = [int(i) for i in _annotated_index(ann, axis)]
+    plane = [s for a, s in enumerate(ann.shape) if a != axis]
+    if min(plane) < MIN_PLANE:
+        raise ValueError(
+            f"slices along {'zyx'[axis]} are {plane[0]}x{plane[1]} voxels; training needs at least "
+            f"{MIN_PLANE}x{MIN_PLANE}: annotate slices along another axis (FinetuneConfig.axis)"
+        )
+    crop = config.crop
+    if crop > max(plane):
+        crop = max(8, max(plane) // 8 * 8)
+        notes.append(
+            f"the slices ({plane[0]}x{plane[1]}) are smaller than the {config.crop}-voxel training "
+            f"crop: crops of {crop} are used"
+        )
     validation: Validation = config.validation
     if validation == "auto":
         validation = "band" if len(annotated) < FEW_SLICES else "slices"
@@ -336,6 +352,7 @@ def plan_finetune(
         validation_slices=tuple(held),
         validation=validation,
         counts=tuple(int(c) for c in counts[1 : len(table) + 1]),
+        crop=crop,
         notes=tuple(notes),
     )
 
@@ -552,7 +569,7 @@ def iter_finetune(
     low, high = model.normalization.volume_range(volume)
     n = len(plan.phases)
     if net_cfg.ndim == 3:
-        crop = min(config.crop, 64)
+        crop = min(plan.crop, 64)
         train_volumes = _training_data_3d(volume, ann, low, high, crop)
         val_pairs: list[Any] = []
         sampler_kw: dict[str, Any] = {"ndim": 3, "crop": crop}
@@ -565,7 +582,7 @@ def iter_finetune(
             "ndim": 2,
             "in_channels": net_cfg.in_channels,
             "axes": (0,),
-            "crop": config.crop,
+            "crop": plan.crop,
         }
     sampler = CropSampler(
         train_volumes,
