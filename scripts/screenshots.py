@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -70,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
+
+    # Settings and annotation autosaves go to a scratch folder: the screenshots never depend on,
+    # or leave anything in, the user's own napari-tomoseg state.
+    scratch = tempfile.TemporaryDirectory(prefix="tomoseg-screenshots-")
+    os.environ["NAPARI_TOMOSEG_CONFIG_DIR"] = str(Path(scratch.name) / "config")
+    os.environ["NAPARI_TOMOSEG_AUTOSAVE_DIR"] = str(Path(scratch.name) / "autosave")
 
     import napari
     import numpy as np
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     cl.layer_combo.set_layer("prediction")
     cl.phase_combo.setCurrentText("pore")
     cl.min_area.setValue(20)
-    cl.min_aspect.setValue(3)
+    cl.min_aspect.setValue(2)
     cl.analyse()
     wait(app, job_done(cl), 300, "blob analysis")
     if cl.blobs is not None and len(cl.blobs) and cl.selection.any():
@@ -179,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     undock(d)
 
     viewer.close()
+    scratch.cleanup()
     too_big = [p for p in shots if p.stat().st_size > MAX_BYTES]
     print("\n".join(str(p) for p in shots))
     if too_big:

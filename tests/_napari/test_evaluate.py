@@ -211,3 +211,41 @@ def test_ids_outside_the_phase_table_fail_in_the_worker(
     assert "outside 0..3" in errors_seen[-1]
     assert "errors" not in sample_viewer.layers and w.result is None
     np.testing.assert_array_equal(sample_viewer.layers["prediction"].data, pred)
+
+
+class _FakeFinetune:
+    """Stands in for the Fine-tune widget's state after a run (what evaluate reads)."""
+
+    def __init__(self, layer, axis, slices):
+        from types import SimpleNamespace
+
+        self.annotations = SimpleNamespace(layer=lambda: layer)
+        self.result = SimpleNamespace(plan=SimpleNamespace(axis=axis, validation_slices=slices))
+
+
+def test_held_out_slices_of_the_finetune_run(sample_viewer, small_phantom, qtbot, wait_job):
+    from napari_tomoseg._napari._common import session
+
+    _, truth = small_phantom
+    pred = _corrupt(truth, seed=2)
+    _add_prediction(sample_viewer, pred)
+    ann = np.zeros_like(truth)
+    ann[:, 10] = truth[:, 10]
+    ann[:, 30] = truth[:, 30]
+    layer = sample_viewer.add_labels(ann, name="annotations")
+    w = EvaluateWidget(sample_viewer)
+    qtbot.addWidget(w)
+    w.reference_combo.set_layer("annotations")
+    assert not w.held_out_check.isChecked()
+    ft = _FakeFinetune(layer, axis=1, slices=(30,))
+    s = session(sample_viewer)
+    s.widgets["finetune"] = ft
+    s.add_model("fine-tuned 1", object())  # what the widget does when a run ends
+    assert w.held_out_check.isChecked() and "30 along y" in w.held_out_check.text()
+    w.run()
+    assert wait_job(w.runner) is JobState.DONE
+    only = np.zeros_like(truth)
+    only[:, 30] = truth[:, 30]
+    np.testing.assert_array_equal(
+        w.result.confusion, confusion_matrix(pred, only, 3, mask=pred > 0)
+    )

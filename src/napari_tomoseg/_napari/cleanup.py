@@ -189,6 +189,12 @@ class CleanupWidget(QWidget):
             self._scatter = self.ax.scatter(table.area, table.aspect_ratio, s=8, picker=False)
             self.ax.set_xscale("log")
             self.ax.set_yscale("log")
+            from matplotlib.ticker import FuncFormatter
+
+            plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+            self.ax.yaxis.set_major_formatter(plain)
+            self.ax.yaxis.set_minor_formatter(plain)
+            self.ax.xaxis.set_major_formatter(plain)
             from matplotlib.widgets import LassoSelector
 
             self._lasso = LassoSelector(self.ax, self._on_lasso)

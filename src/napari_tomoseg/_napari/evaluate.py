@@ -140,11 +140,13 @@ def held_out_slices(viewer: Any, reference: Any) -> tuple[int, tuple[int, ...]] 
     """The validation slices the fine-tune widget held out of training, as ``(axis, indices)``.
 
     Read from the reference layer's ``metadata["tomoseg_validation_slices"]`` (``{"axis": a,
-    "slices": [...]}``) or, failing that, the session's ``validation_slices`` attribute when the
-    reference is the annotations layer it was recorded for.
+    "slices": [...]}``), else from the plan of the Fine-tune widget's last result when it trained on
+    ``reference``, else the session's ``validation_slices`` attribute.
     """
     meta = getattr(reference, "metadata", None) or {}
     raw = meta.get("tomoseg_validation_slices")
+    if raw is None:
+        raw = _finetune_held_out(viewer, reference)
     if raw is None:
         s = session(viewer)
         raw = getattr(s, "validation_slices", None)
@@ -158,6 +160,19 @@ def held_out_slices(viewer: Any, reference: Any) -> tuple[int, tuple[int, ...]] 
     else:
         axis, slices = 0, tuple(int(i) for i in raw)
     return (axis, slices) if slices else None
+
+
+def _finetune_held_out(viewer: Any, reference: Any) -> dict[str, Any] | None:
+    """The held-out slices of the Fine-tune widget's last run, if it trained on ``reference``."""
+    ft = session(viewer).widgets.get("finetune")
+    plan = getattr(getattr(ft, "result", None), "plan", None)
+    if plan is None or not getattr(plan, "validation_slices", ()):
+        return None
+    combo = getattr(ft, "annotations", None)
+    trained_on = combo.layer() if hasattr(combo, "layer") else None
+    if trained_on is not reference:
+        return None
+    return {"axis": int(plan.axis), "slices": [int(i) for i in plan.validation_slices]}
 
 
 def iter_evaluate(
@@ -355,6 +370,8 @@ class EvaluateWidget(QWidget):
         self._choose_defaults()
         self.reference_combo.currentTextChanged.connect(self._update_held_out)
         napari_viewer.layers.events.inserted.connect(self._on_layers_changed)
+        # A finished fine-tuning run adds a model and records its held-out slices.
+        session(napari_viewer).events.models_changed.connect(self._on_models_changed)
         self.controls.run_button.clicked.connect(self.run)
         self.copy_button.clicked.connect(self.copy_table)
         self.save_button.clicked.connect(self.save_csv)
@@ -386,6 +403,12 @@ class EvaluateWidget(QWidget):
             self._update_held_out()
         except RuntimeError:  # the widget was closed
             self.viewer.layers.events.inserted.disconnect(self._on_layers_changed)
+
+    def _on_models_changed(self) -> None:
+        try:
+            self._update_held_out()
+        except RuntimeError:  # the widget was closed
+            session(self.viewer).events.models_changed.disconnect(self._on_models_changed)
 
     def _update_held_out(self, *_: Any) -> None:
         ref = self.reference_combo.layer()
