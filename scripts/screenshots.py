@@ -67,7 +67,7 @@ def save(viewer: Any, app: Any, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
-    parser.add_argument("--finetune-seconds", type=float, default=20.0)
+    parser.add_argument("--finetune-seconds", type=int, default=20)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -128,12 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # the widget may not be installed in this checkout yet
         log.warning("no Fine-tune widget (%s); skipping its screenshot", err)
     else:
-        budget = getattr(ft, "budget", None)
-        if budget is not None and hasattr(budget, "setValue"):
-            budget.setValue(args.finetune_seconds)
-        run = getattr(ft, "run", None)
-        if callable(run) and run() is not False:
-            wait(app, job_done(ft), 600, "fine-tuning")
+        ft.image.set_layer(image.name)
+        ft.annotations.set_layer("annotations")
+        ft.budget_kind.setCurrentText("seconds")
+        ft.budget.setValue(int(args.finetune_seconds))
+        assert ft.run(), "the fine-tune widget refused to run"
+        # Planning and training are two jobs: wait for the result, not for the first job.
+        wait(app, lambda: ft.result is not None and not ft.runner.running, 900, "fine-tuning")
         out = args.out / "widget-finetune.png"
         save(viewer, app, out)
         shots.append(out)
