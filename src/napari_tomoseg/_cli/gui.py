@@ -1,0 +1,88 @@
+"""``tomoseg gui [VOLUME]``: napari with the napari-tomoseg widgets docked and a volume (or the sample).
+
+argument check (before any window opens) -> napari.Viewer -> open VOLUME with our reader (or the
+synthetic sample) -> dock every napari-tomoseg widget (tabbed, Segment in front) -> napari.run().
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from napari_tomoseg.cli import CliError
+
+PLUGIN = "napari-tomoseg"
+#: Docked first, in this order; any other widget of the manifest follows.
+FIRST = ("Segment", "Annotate", "Fine-tune")
+
+
+def _widget_names() -> list[str]:
+    from importlib.resources import files
+
+    import yaml
+
+    manifest = yaml.safe_load((files("napari_tomoseg") / "napari.yaml").read_text())
+    names = [w["display_name"] for w in manifest["contributions"].get("widgets", [])]
+    return [n for n in FIRST if n in names] + [n for n in names if n not in FIRST]
+
+
+def check_volume_path(volume: str) -> Path:
+    """The path if napari-tomoseg's reader can open it; CliError (one line) otherwise."""
+    from napari_tomoseg._napari.reader import SUFFIXES, napari_get_reader
+
+    p = Path(volume).expanduser()
+    if not p.exists():
+        raise CliError(f"{p} does not exist")
+    if napari_get_reader(str(p)) is None:
+        raise CliError(
+            f"cannot open {p}: expected a volume file ({', '.join(SUFFIXES)}) or a folder of TIFF "
+            "slices or a .zarr store"
+        )
+    return p
+
+
+def open_viewer(viewer: Any, volume: Path | None = None) -> list[Any]:
+    """Load ``volume`` (or the synthetic sample) into ``viewer`` and dock the widgets; returns them."""
+    if volume is not None:
+        viewer.open(str(volume), plugin=PLUGIN)
+    else:
+        viewer.open_sample(PLUGIN, "composite")
+    widgets, docks = [], []
+    for i, name in enumerate(_widget_names()):
+        dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=i > 0)
+        widgets.append(widget)
+        docks.append(dock)
+    if docks:
+        docks[0].raise_()  # Segment in front: it is the first thing a user does
+    return widgets
+
+
+def cmd_gui(args: argparse.Namespace) -> int:
+    volume = check_volume_path(args.volume) if args.volume else None
+    import napari
+
+    viewer = napari.Viewer(title="napari-tomoseg")
+    try:
+        open_viewer(viewer, volume)
+    except (ValueError, OSError) as err:
+        viewer.close()
+        raise CliError(f"cannot open {volume}: {err}") from err
+    napari.run()
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "gui",
+        help="open napari with the napari-tomoseg widgets and a volume (or the synthetic sample)",
+        description="Open napari with the Segment, Annotate, Fine-tune (and other napari-tomoseg) "
+        "widgets docked, and VOLUME loaded with its voxel size; without VOLUME, the synthetic "
+        "glass-fibre composite sample with its ground truth.",
+    )
+    p.add_argument(
+        "volume",
+        nargs="?",
+        help="a TIFF stack, a folder of TIFF slices, .npy, .zarr or .h5 volume (default: the sample)",
+    )
+    p.set_defaults(func=cmd_gui)
