@@ -592,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Modules of ``napari_tomoseg._cli`` that each add one subcommand with ``register(subparsers)``.
-_COMMAND_MODULES: tuple[str, ...] = ("clean", "train", "suggest")
+_COMMAND_MODULES: tuple[str, ...] = ("clean", "train", "suggest", "gui")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
