@@ -399,7 +399,7 @@ def _iter_selected_slices(
             f"labels shape {shape} differs from the analysed shape {blobs.shape}; analyse these labels first"
         )
     for z, rows in _selected_by_slice(blobs, selected).items():
-        idx = [slice(None)] * 3
+        idx: list[Any] = [slice(None)] * 3
         idx[blobs.axis] = z
         plane = np.asarray(labels[tuple(idx)])
         yield z, plane, _slice_components(plane, blobs, z, rows), rows
@@ -424,7 +424,7 @@ def blob_mask(labels: Any, blobs: BlobTable, selected: npt.ArrayLike) -> npt.NDA
     """
     out = np.zeros(blobs.shape, dtype=np.uint8)
     for z, _plane, comp, rows in _iter_selected_slices(labels, blobs, selected):
-        idx = [slice(None)] * 3
+        idx: list[Any] = [slice(None)] * 3
         idx[blobs.axis] = z
         out[tuple(idx)] = np.isin(comp, blobs.label[rows])
     return out
