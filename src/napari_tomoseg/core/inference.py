@@ -462,7 +462,8 @@ class InferenceConfig:
         stitching (2D, 2.5D) ``tile`` is the edge of the region each tile keeps and the network
         sees ``overlap // 2`` more on every side.
     batch_size : int, optional
-        Tiles per forward pass; chosen from ``memory`` (or 4) when None.
+        Tiles per forward pass. When None: 1 on the CPU (fastest there), on a GPU from its free
+        memory (or from ``memory``).
     block : int, optional
         Slices per slab (2D, 2.5D) or edge of the cubic blocks (3D, multi-axis); bounds memory.
         Chosen from ``memory`` when None.
@@ -548,7 +549,9 @@ RUNTIME_BYTES = 350 * 10**6
 #: measured with ru_maxrss on CPU (56-72 for F = 6 and 16, 544^2 and 1088^2 tiles); rounded up.
 _ACTIVATION_BYTES_PER_FILTER = 80
 _MAX_BLOCK_2D = 32
-_MAX_BATCH_CPU = 4
+#: On the CPU one tile per forward pass is fastest: measured on 2 cores with the bundled model and
+#: 544^2 tiles, 0.31 s per tile at batch 1, 0.36 at 2 and 0.42 at 4 (activations fall out of cache).
+_CPU_BATCH = 1
 
 
 def parse_memory(text: str | int) -> int:
@@ -697,13 +700,13 @@ def plan_memory(
             f"{math.ceil(minimum / 1e8) / 10:.1f}GB), or use a smaller --tile"
         )
     if budget is None:
-        b = batch_size or 4
+        b = batch_size or (_CPU_BATCH if on_host else 4)
         u = block or (8 if mode in ("2d", "2.5d") else (64 if mode == "3d" else 96))
         return MemoryPlan(u, b, total(u, b), minimum)
     if batch_size is not None:
         b = batch_size
     else:
-        b_cap = _MAX_BATCH_CPU if on_host else 64
+        b_cap = _CPU_BATCH if on_host else 64
         spare = budget - total(1 if block is None else block, 0)
         b = int(max(1, min(b_cap, spare * 0.4 // max(1, net_per_tile))))
     if block is not None:
@@ -772,7 +775,8 @@ def resolve(
         stitch = config.stitch
     axis = AXES[config.axis or d.axis]
     batch = config.batch_size
-    if batch is None and device is not None and device.type == "cuda" and config.memory is None:
+    if batch is None and device is not None and device.type == "cuda":
+        # GPU memory, not the host budget, limits the batch on a GPU.
         size = tile + overlap
         batch = _gpu_batch(model, device, size**cfg.ndim, dtype)
     plan = plan_memory(

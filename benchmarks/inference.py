@@ -1,0 +1,210 @@
+"""Inference speed on CPU (or GPU): end to end, as a fraction of the matmul peak, and against MONAI.
+
+A phantom of ``--slices`` x 1024 x 1024 (uint8, with ground truth) is segmented with the bundled model:
+
+* ``2d`` (the default mode, along z) and ``2d-3axes`` (all three axes averaged), end to end: from the
+  uint8 volume in memory to uint8 labels in memory (grey range, normalisation, tiling, network,
+  stitching, argmax);
+* ``3d``: a small random-weight 3D U-Net (8 base filters) in 3D mode on the first ``--size-3d``^2
+  in-plane region (speed only);
+* MONAI's ``sliding_window_inference`` with the *same* network (batch norm folded, channels-last,
+  same dtype and thread count) slice by slice: roi 512 x 512, overlap 0.25, gaussian blending,
+  sw_batch_size 8, plus the same normalisation and argmax.
+
+FLOPs per voxel come from ``torch.utils.flop_counter``; the fp32 and bf16 matmul peaks are measured in the
+same run and ``fraction_of_peak`` is the 2D end-to-end model FLOP/s over the better of the two.
+
+    python benchmarks/inference.py                 # 64 slices (the issue's volume)
+    python benchmarks/inference.py --slices 16     # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, flops_per_voxel, log, machine, matmul_peak, phantom
+
+from napari_tomoseg.core.inference import (
+    InferenceConfig,
+    Predictor,
+    iter_segment,
+)
+from napari_tomoseg.core.metrics import jaccard_per_phase
+from napari_tomoseg.core.model import (
+    InferenceDefaults,
+    ModularUNet,
+    TomosegModel,
+    UNetConfig,
+    bundled_model_path,
+    load_model,
+)
+from napari_tomoseg.core.normalize import apply_range
+from napari_tomoseg.core.progress import run_to_completion
+
+
+def run_ours(
+    volume: np.ndarray, predictor: Predictor, config: InferenceConfig
+) -> tuple[np.ndarray, float]:
+    run_to_completion(iter_segment(volume[:1], predictor, config))  # warm-up (oneDNN primitives)
+    t0 = time.perf_counter()
+    result = run_to_completion(iter_segment(volume, predictor, config))
+    return result.labels, time.perf_counter() - t0
+
+
+def run_monai(
+    volume: np.ndarray, predictor: Predictor, grey: tuple[float, float]
+) -> tuple[np.ndarray, float]:
+    from monai.inferers import sliding_window_inference
+
+    net = predictor.network
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(
+            predictor.device.type, dtype=predictor.dtype, enabled=predictor.dtype != torch.float32
+        ):
+            return net(x.contiguous(memory_format=torch.channels_last)).float()
+
+    def segment_slice(image: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(apply_range(image, *grey))[None, None].to(predictor.device)
+        logits = sliding_window_inference(
+            x,
+            roi_size=(512, 512),
+            sw_batch_size=8,
+            predictor=forward,
+            overlap=0.25,
+            mode="gaussian",
+        )
+        return (logits[0].argmax(0) + 1).to(torch.uint8).cpu().numpy()
+
+    out = np.empty(volume.shape, np.uint8)
+    with torch.inference_mode():
+        segment_slice(volume[0])  # warm-up
+        t0 = time.perf_counter()
+        for z in range(volume.shape[0]):
+            out[z] = segment_slice(volume[z])
+    return out, time.perf_counter() - t0
+
+
+def mean_jaccard(pred: np.ndarray, truth: np.ndarray, n: int) -> tuple[float, list[float]]:
+    j = jaccard_per_phase(pred, truth, n)
+    return float(np.nanmean(j)), [float(v) for v in j]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--slices", type=int, default=64)
+    ap.add_argument("--size", type=int, default=1024, help="in-plane edge of the phantom")
+    ap.add_argument("--size-3d", type=int, default=256, help="in-plane edge for the 3D timing")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["2d-3axes", "3d", "monai"])
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    log(f"phantom {args.slices} x {args.size}^2 ...")
+    t0 = time.perf_counter()
+    ph = phantom((args.slices, args.size, args.size))
+    log(f"phantom made in {time.perf_counter() - t0:.1f} s")
+    volume, truth = ph.volume, ph.labels
+    model = load_model(bundled_model_path())
+    n = len(model.phases)
+    predictor = Predictor(model, device=args.device, precision=args.precision)
+    grey = model.normalization.volume_range(volume)
+    vox = volume.size
+    out: dict = {
+        "shape": list(volume.shape),
+        "device": str(predictor.device),
+        "precision": predictor.precision_name,
+        "machine": machine(),
+        "modes": {},
+    }
+
+    log("matmul peaks ...")
+    peak32 = matmul_peak(torch.float32)
+    peak16 = matmul_peak(torch.bfloat16)
+    peak = max(peak32, peak16)
+    fpv = flops_per_voxel(predictor.network, (1, 1, 512, 512))
+    out.update(peak_fp32_flops=peak32, peak_bf16_flops=peak16, flops_per_voxel=fpv)
+
+    log("ours, 2d ...")
+    labels, sec = run_ours(volume, predictor, InferenceConfig(mode="2d"))
+    mv = vox / sec / 1e6
+    jm, jp = mean_jaccard(labels, truth, n)
+    out["modes"]["2d"] = {
+        "seconds": sec,
+        "mvox_per_s": mv,
+        "jaccard_mean": jm,
+        "jaccard": jp,
+        "fraction_of_peak": mv * 1e6 * fpv / peak,
+    }
+    out.update(mvox_per_s=mv, fraction_of_peak=mv * 1e6 * fpv / peak, jaccard_mean=jm)
+    log(f"2d: {mv:.3f} Mvox/s, {100 * mv * 1e6 * fpv / peak:.1f} % of peak, Jaccard {jm:.4f}")
+
+    if "monai" not in args.skip:
+        log("MONAI sliding_window_inference, 2d ...")
+        mlabels, msec = run_monai(volume, predictor, grey)
+        mmv = vox / msec / 1e6
+        mjm, mjp = mean_jaccard(mlabels, truth, n)
+        out.update(
+            monai_mvox_per_s=mmv,
+            speedup_vs_monai=mv / mmv,
+            monai_jaccard_mean=mjm,
+            monai_jaccard=mjp,
+            jaccard_delta_vs_monai=jm - mjm,
+            agreement_with_monai=float((mlabels == labels).mean()),
+        )
+        log(f"MONAI: {mmv:.3f} Mvox/s, Jaccard {mjm:.4f}; ours is {mv / mmv:.2f}x faster")
+
+    if "2d-3axes" not in args.skip:
+        log("ours, 2d-3axes ...")
+        labels3, sec3 = run_ours(volume, predictor, InferenceConfig(mode="2d-3axes"))
+        mv3 = vox / sec3 / 1e6
+        jm3, jp3 = mean_jaccard(labels3, truth, n)
+        out["modes"]["2d-3axes"] = {
+            "seconds": sec3,
+            "mvox_per_s": mv3,
+            "jaccard_mean": jm3,
+            "jaccard": jp3,
+            "fraction_of_peak": 3 * mv3 * 1e6 * fpv / peak,
+        }
+        log(f"2d-3axes: {mv3:.3f} Mvox/s, Jaccard {jm3:.4f}")
+
+    if "3d" not in args.skip:
+        torch.manual_seed(0)
+        net3 = ModularUNet(UNetConfig(ndim=3, base_filters=8)).eval()
+        m3 = TomosegModel(
+            net3, model.phases, defaults=InferenceDefaults(mode="3d", tile=64, overlap=16)
+        )
+        p3 = Predictor(m3, device=args.device, precision=args.precision)
+        s = args.size_3d
+        v3 = np.ascontiguousarray(volume[:, :s, :s])
+        log(f"random 3D net (F=8), 3d mode on {v3.shape} ...")
+        _, sec3d = run_ours(v3, p3, InferenceConfig(mode="3d"))
+        fpv3 = flops_per_voxel(p3.network, (1, 1, 64, 64, 64))
+        mv3d = v3.size / sec3d / 1e6
+        out["modes"]["3d"] = {
+            "shape": list(v3.shape),
+            "seconds": sec3d,
+            "mvox_per_s": mv3d,
+            "flops_per_voxel": fpv3,
+            "fraction_of_peak": mv3d * 1e6 * fpv3 / peak,
+            "model": "random ModularUNet ndim=3 F=8, tile 64, overlap 16",
+        }
+        log(f"3d: {mv3d:.3f} Mvox/s")
+    out["gpu_targets"] = "measured" if torch.cuda.is_available() else "not measured (no GPU)"
+    emit(out)
+
+
+if __name__ == "__main__":
+    main()
