@@ -253,3 +253,15 @@ def test_crop_shrinks_to_small_slices_and_tiny_slices_are_refused(base) -> None:
     assert result.steps == 3
     with pytest.raises(ValueError, match="at least 16x16"):
         plan_finetune(ann.shape, annotate(ph.labels, [5], axis=1), base=base)
+
+
+def test_a_2d_base_model_can_be_fine_tuned_as_2p5d(phantom, base) -> None:
+    ann = annotate(phantom.labels, [4, 10])
+    plan = plan_finetune(ann.shape, ann, base=base, config=FinetuneConfig(mode="2.5d"))
+    assert any("extended to 2.5D" in n for n in plan.notes)
+    result = finetune(phantom.volume, ann, base=base, config=replace(FAST, mode="2.5d"))
+    model = result.model
+    assert model.config.in_channels == 3 and model.defaults.mode == "2.5d"
+    assert base.config.in_channels == 1 and base.defaults.mode == "2d"
+    labels = segment_volume(phantom.volume, model).labels
+    assert labels.shape == phantom.labels.shape and set(np.unique(labels)) <= {1, 2, 3}

@@ -179,3 +179,24 @@ def test_bundled_model_loads_and_is_small():
     assert m.phases.names == ("matrix", "fibre", "pore")
     assert m.defaults.mode == "2d"
     assert m.provenance["trained_by"] == "scripts/train_bundled.py"
+
+
+def test_inflated_network_equals_the_2d_one_on_identical_slices():
+    from napari_tomoseg.core.model import inflate_to_slices
+
+    torch.manual_seed(0)
+    net = ModularUNet(UNetConfig(base_filters=2)).eval()
+    wide = inflate_to_slices(net, 3).eval()
+    assert wide.cfg.in_channels == 3 and net.cfg.in_channels == 1
+    assert net.encoder[0].body[0].weight.shape[1] == 1  # the original is untouched
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x.repeat(1, 3, 1, 1)), net(x), atol=1e-5, rtol=1e-5)
+        # ... and sees its neighbours: a different neighbour slice changes the output
+        y = x.repeat(1, 3, 1, 1)
+        y[:, 0] += 1.0
+        assert not torch.allclose(wide(y), net(x), atol=1e-3)
+    with pytest.raises(ValueError, match="odd"):
+        inflate_to_slices(net, 2)
+    with pytest.raises(ValueError, match="only a 2D network"):
+        inflate_to_slices(wide, 3)

@@ -297,7 +297,15 @@ def plan_finetune(
         )
     if base is not None:
         mode = base.defaults.mode
-        if config.mode is not None and _mode_family(config.mode) != _mode_family(mode):
+        inflate = (
+            _mode_family(mode) == "2d" and config.mode == "2.5d" and base.config.in_channels == 1
+        )
+        if inflate:
+            notes.append(
+                "the 2D base model is extended to 2.5D (3 neighbouring slices as input, starting as "
+                "the 2D model on lightly smoothed slices)"
+            )
+        elif config.mode is not None and _mode_family(config.mode) != _mode_family(mode):
             raise ValueError(
                 f"the base model runs in mode {mode!r} ({base.config.in_channels} input channel(s), "
                 f"{base.config.ndim}D) and cannot be fine-tuned in mode {config.mode!r}; "
@@ -465,7 +473,7 @@ def _training_data_3d(
 def _initial_model(base: Any, plan: FinetunePlan, config: FinetuneConfig) -> Any:
     import torch
 
-    from .model import InferenceDefaults, ModularUNet, TomosegModel, UNetConfig
+    from .model import InferenceDefaults, ModularUNet, TomosegModel, UNetConfig, inflate_to_slices
 
     if base is None:
         mode = config.mode or "2d"
@@ -483,6 +491,10 @@ def _initial_model(base: Any, plan: FinetunePlan, config: FinetuneConfig) -> Any
             defaults=InferenceDefaults(mode=mode, axis=axis, tile=128 if mode == "3d" else 512),
         )
     network = copy.deepcopy(base.network).to("cpu")
+    defaults = base.defaults
+    if config.mode == "2.5d" and network.cfg.in_channels == 1 and network.cfg.ndim == 2:
+        network = inflate_to_slices(network, 3)
+        defaults = replace(defaults, mode="2.5d")
     if plan.replace_head:
         torch.manual_seed(config.seed)
         old = network.head
@@ -493,7 +505,7 @@ def _initial_model(base: Any, plan: FinetunePlan, config: FinetuneConfig) -> Any
         network,
         plan.phases,
         normalization=base.normalization,
-        defaults=base.defaults,
+        defaults=defaults,
         provenance={},
     )
 

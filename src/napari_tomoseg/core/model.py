@@ -370,3 +370,33 @@ def receptive_halo(cfg: UNetConfig) -> int:
     but its effective (weighted) extent is a few tens of voxels.
     """
     return math.ceil(4 * 2**cfg.depth)
+
+
+def inflate_to_slices(network: ModularUNet, k: int = 3) -> ModularUNet:
+    """A 2.5D copy of a 2D network that takes ``k`` neighbouring slices as channels.
+
+    The first convolutions' kernels are spread over the k slices with binomial weights (1-2-1 for k=3),
+    so the copy starts as the 2D network applied to a slice lightly smoothed across slices, and
+    fine-tuning then learns how much of the neighbouring slices to use (it sees 3D context that a
+    2D network cannot). The original network is left untouched.
+    """
+    if network.cfg.ndim != 2 or network.cfg.in_channels != 1:
+        raise ValueError(
+            f"only a 2D network with one input channel can be inflated, got ndim={network.cfg.ndim}, "
+            f"in_channels={network.cfg.in_channels}"
+        )
+    if k < 3 or k % 2 == 0:
+        raise ValueError(f"k must be odd and >= 3, got {k}")
+    import copy
+
+    weights = torch.tensor([math.comb(k - 1, i) for i in range(k)], dtype=torch.float32)
+    weights /= weights.sum()
+    new = copy.deepcopy(network)
+    first = new.encoder[0]
+    convs = [first.body[0]] + ([first.shortcut[0]] if first.shortcut is not None else [])
+    for conv in convs:
+        w = conv.weight.data  # (out, 1, 3, 3)
+        conv.weight = nn.Parameter(w * weights.view(1, k, 1, 1).to(w))
+        conv.in_channels = k
+    new.cfg = replace(network.cfg, in_channels=k)
+    return new
