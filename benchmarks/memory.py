@@ -20,12 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, log, machine, phantom, tiled_zarr
+# This folder goes last on the path: benchmarks/dask.py must not shadow the dask package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+from _common import emit, log, machine, phantom, tiled_zarr  # noqa: E402
 
 CHILD = """
 import json, resource, sys, time
-from napari_tomoseg.cli import main
+from napari_tomoseg.cli import main  # noqa: E402
 t0 = time.perf_counter()
 rc = main(sys.argv[1:])
 seconds = time.perf_counter() - t0

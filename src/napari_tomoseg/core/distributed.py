@@ -272,12 +272,8 @@ def iter_segment_distributed(
                 done += (i1 - i0) * per_slice
                 where: list[slice] = [slice(0, s) for s in shape]
                 where[settings.axis] = slice(i0, i1)
-                yield SegmentProgress(
-                    done,
-                    int(np.prod(shape)),
-                    tuple(where),
-                    time.perf_counter() - t0,  # type: ignore[arg-type]
-                )
+                region = (where[0], where[1], where[2])
+                yield SegmentProgress(done, int(np.prod(shape)), region, time.perf_counter() - t0)
     finally:
         for f in futures:
             f.cancel()
