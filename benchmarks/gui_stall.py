@@ -26,6 +26,11 @@ from typing import Any
 
 import numpy as np
 
+# benchmarks/dask.py would shadow the dask package (napari imports it): drop this script's folder
+# from the import path.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
 PROBE_MS = 10
 
 
@@ -53,15 +58,22 @@ class Probe:
         main = threading.main_thread().ident
 
         def watchdog() -> None:
-            reported = 0.0
+            reported: tuple[float, int] = (0.0, 0)
             while True:
                 time.sleep(0.05)
                 last = self._last
-                if self.timer.isActive() and time.perf_counter() - last > 0.15 and reported != last:
-                    reported = last
+                stalled = time.perf_counter() - last
+                # report at 150 ms, then every 500 ms of the same stall
+                nth = 0 if stalled < 0.15 else 1 + int((stalled - 0.15) / 0.5)
+                try:
+                    active = self.timer.isActive()
+                except RuntimeError:  # the timer is gone: the benchmark is over
+                    return
+                if active and nth and reported != (last, nth):
+                    reported = (last, nth)
                     frame = sys._current_frames().get(main)
                     stack = "".join(traceback.format_stack(frame, limit=12)) if frame else "?"
-                    log(f"Qt thread stalled > 150 ms in:\n{stack}")
+                    log(f"Qt thread stalled for {stalled * 1000:.0f} ms, in:\n{stack}")
 
         threading.Thread(target=watchdog, daemon=True).start()
 

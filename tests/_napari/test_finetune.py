@@ -154,3 +154,18 @@ def test_bad_input(make_napari_viewer, qtbot, errors, small_phantom):
     w.annotations.set_layer("annotations")
     assert not w.run()
     assert "shape (2, 2, 2)" in errors[-1]
+
+
+def test_closing_napari_stops_the_job(annotated_viewer, widget, qtbot, wait_job):
+    widget.budget.setValue(100_000)
+    assert widget.run()
+    qtbot.waitUntil(lambda: len(widget.plot.steps) >= 1, timeout=120_000)
+    token = widget.runner.token
+    from qtpy.QtGui import QCloseEvent
+    from qtpy.QtWidgets import QApplication
+
+    # What the window's close button sends; the fixture closes the window for real afterwards.
+    QApplication.sendEvent(annotated_viewer.window._qt_window, QCloseEvent())
+    assert token.cancelled
+    assert wait_job(widget.runner) is JobState.STOPPED
+    assert widget.runner.worker_finished  # the thread has ended, nothing runs on

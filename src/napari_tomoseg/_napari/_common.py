@@ -14,6 +14,8 @@ import enum
 import json
 import logging
 import os
+import sys
+import threading
 import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -123,8 +125,28 @@ class _JobFailed(Exception):
         self.original = original
 
 
+#: Niceness added to worker threads (Linux): on a busy CPU the Qt thread is served first.
+WORKER_NICENESS = 5
+
+
+def _lower_thread_priority() -> None:
+    """Make the calling (worker) thread yield the CPU to the Qt thread when both want it.
+
+    Linux applies ``setpriority`` to a single thread when given its thread id; elsewhere (or without
+    permission) this is a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + WORKER_NICENESS))
+    except (OSError, AttributeError):
+        pass
+
+
 def _relay(make: Callable[[CancelToken], Generator[Any, None, Any]], token: CancelToken) -> Any:
     """Worker-thread body: build the core generator (imports torch, loads models...) and relay it."""
+    _lower_thread_priority()
     try:
         gen = make(token)
         result = yield from gen

@@ -128,8 +128,9 @@ class _LivePlot(QWidget):
         if event.validation is not None:
             self.val_steps.append(int(event.step))
             self.val.append(tuple(float(v) for v in event.validation))
-        now = time.perf_counter()
-        if now - self._last_draw > 0.25 or event.validation is not None:
+        # A matplotlib draw costs tens of ms on the Qt thread: at most one a second (and at each
+        # validation), whatever the speed of training.
+        if time.perf_counter() - self._last_draw > 1.0 or event.validation is not None:
             self.redraw()
 
     def redraw(self) -> None:
