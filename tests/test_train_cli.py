@@ -152,3 +152,14 @@ def test_suggest_prints_ranked_unannotated_slices(data, tmp_path, capsys):
     u = tifffile.imread(tmp_path / "u.tif")
     assert u.shape == (12, 64, 64) and u.dtype == np.uint8
     assert abs(u[indices[0]].mean() / 255 - scores[0]) < 0.01
+
+
+def test_train_with_a_step_budget_is_bitwise_reproducible(data, tmp_path):
+    from safetensors.torch import load_file
+
+    paths = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    for p in paths:
+        argv = ["train", str(data / "vol.tif"), "-a", str(data / "ann.tif"), "-o", str(p)]
+        assert main([*argv, "--steps", "2", "--seed", "9", "--threads", "1"]) == 0
+    a, b = (load_file(str(p)) for p in paths)
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)

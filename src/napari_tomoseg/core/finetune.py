@@ -30,6 +30,8 @@ FEW_SLICES = 5
 HOLDOUT = 0.2
 #: Smallest slice edge worth training on.
 MIN_PLANE = 16
+#: How a 2D base model's first kernels are spread over the slices of a 2.5D fine-tuned model.
+INFLATE_SPREAD: Literal["binomial", "centre"] = "binomial"
 
 
 @dataclass(frozen=True)
@@ -493,7 +495,7 @@ def _initial_model(base: Any, plan: FinetunePlan, config: FinetuneConfig) -> Any
     network = copy.deepcopy(base.network).to("cpu")
     defaults = base.defaults
     if config.mode == "2.5d" and network.cfg.in_channels == 1 and network.cfg.ndim == 2:
-        network = inflate_to_slices(network, 3)
+        network = inflate_to_slices(network, 3, spread=INFLATE_SPREAD)
         defaults = replace(defaults, mode="2.5d")
     if plan.replace_head:
         torch.manual_seed(config.seed)

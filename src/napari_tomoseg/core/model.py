@@ -372,13 +372,16 @@ def receptive_halo(cfg: UNetConfig) -> int:
     return math.ceil(4 * 2**cfg.depth)
 
 
-def inflate_to_slices(network: ModularUNet, k: int = 3) -> ModularUNet:
+def inflate_to_slices(
+    network: ModularUNet, k: int = 3, *, spread: Literal["binomial", "centre"] = "binomial"
+) -> ModularUNet:
     """A 2.5D copy of a 2D network that takes ``k`` neighbouring slices as channels.
 
     The first convolutions' kernels are spread over the k slices with binomial weights (1-2-1 for k=3),
     so the copy starts as the 2D network applied to a slice lightly smoothed across slices, and
     fine-tuning then learns how much of the neighbouring slices to use (it sees 3D context that a
-    2D network cannot). The original network is left untouched.
+    2D network cannot). ``spread="centre"`` puts the whole kernel on the centre slice instead: the copy
+    starts as exactly the 2D network. The original network is left untouched.
     """
     if network.cfg.ndim != 2 or network.cfg.in_channels != 1:
         raise ValueError(
@@ -389,8 +392,14 @@ def inflate_to_slices(network: ModularUNet, k: int = 3) -> ModularUNet:
         raise ValueError(f"k must be odd and >= 3, got {k}")
     import copy
 
-    weights = torch.tensor([math.comb(k - 1, i) for i in range(k)], dtype=torch.float32)
-    weights /= weights.sum()
+    if spread == "binomial":
+        weights = torch.tensor([math.comb(k - 1, i) for i in range(k)], dtype=torch.float32)
+        weights /= weights.sum()
+    elif spread == "centre":
+        weights = torch.zeros(k)
+        weights[k // 2] = 1.0
+    else:
+        raise ValueError(f"spread must be 'binomial' or 'centre', got {spread!r}")
     new = copy.deepcopy(network)
     first = new.encoder[0]
     convs = [first.body[0]] + ([first.shortcut[0]] if first.shortcut is not None else [])
