@@ -169,3 +169,14 @@ def test_closing_napari_stops_the_job(annotated_viewer, widget, qtbot, wait_job)
     assert token.cancelled
     assert wait_job(widget.runner) is JobState.STOPPED
     assert widget.runner.worker_finished  # the thread has ended, nothing runs on
+
+
+def test_ids_outside_the_phase_table(annotated_viewer, widget, wait_job, errors):
+    layer = annotated_viewer.layers["annotations"]
+    data = layer.data.copy()
+    data[4, :3, :3] = 5  # the table has 3 phases
+    layer.data = data
+    assert widget.run()
+    assert wait_job(widget.runner) is JobState.FAILED
+    assert "[5]" in errors[-1] and "phase table lacks" in errors[-1]
+    np.testing.assert_array_equal(layer.data, data)  # the user's annotations are untouched

@@ -36,3 +36,16 @@ def test_bad_path_fails_before_any_window(capsys, tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     assert main(["gui", str(tmp_path / "notes.txt")]) == 1
     assert "cannot open" in capsys.readouterr().err
+
+
+def test_sample_has_physical_scale_and_phases(make_napari_viewer):
+    from napari_tomoseg._napari._common import layer_phases
+    from napari_tomoseg.core.phases import COMPOSITE_PHASES
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-tomoseg", "composite")
+    image, truth = viewer.layers["composite"], viewer.layers["ground truth"]
+    assert image.scale.tolist() == [1.3, 1.3, 1.3] and truth.scale.tolist() == [1.3, 1.3, 1.3]
+    assert str(image.units[0]) == "micrometer"
+    assert layer_phases(truth) == COMPOSITE_PHASES
+    assert list(truth.features["phase"]) == ["none", "matrix", "fibre", "pore"]
