@@ -146,10 +146,12 @@ def run_seed(seed: int, args: argparse.Namespace, base: Any) -> dict[str, Any]:
             vol,
             annotations,
             base=base,
-            config=FinetuneConfig(budget=args.budget, steps=args.steps, seed=args.seed),
+            config=FinetuneConfig(
+                budget=args.budget, steps=args.steps, seed=args.seed, mode=args.mode
+            ),
         )
         train_seconds = time.perf_counter() - t0
-        after_pred = segment_volume(vol, result.model, infer).labels
+        after_pred = segment_volume(vol, result.model, InferenceConfig(axis="z")).labels
         grey = GreyLevelClassifier(n).fit(vol, annotations).predict(vol)
         entry: dict[str, Any] = {
             "slices": chosen,
@@ -202,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", type=int, nargs=3, default=[64, 256, 256])
     ap.add_argument("--seed", type=int, default=0, help="training seed")
     ap.add_argument(
+        "--mode", choices=["2d", "2.5d"], help="fine-tuned model's mode (default: FinetuneConfig's)"
+    )
+    ap.add_argument(
         "--suggest", action="store_true", help="also fine-tune on the k most uncertain slices"
     )
     ap.add_argument("--no-rf", action="store_true", help="skip the random forest")
@@ -231,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "shape": args.shape,
         "threads": torch.get_num_threads(),
+        "mode": args.mode,
         "before": summarise(runs, "before", names, "even"),
         "after": summarise(runs, "after", names, "even"),
         "bin_mean": summarise(runs, "bin", names, "even")["mean"],

@@ -204,7 +204,11 @@ def register(sub: Any) -> None:
     p.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
     p.add_argument("--base", help="model to start from (default: the bundled model)")
     p.add_argument("--scratch", action="store_true", help="train a new model from random weights")
-    p.add_argument("--mode", choices=["2d", "2.5d", "3d"], help="mode of a --scratch model")
+    p.add_argument(
+        "--mode",
+        choices=["2d", "2.5d", "3d"],
+        help="mode of a --scratch model; 2.5d also extends a 2D base model to see neighbouring slices",
+    )
     p.add_argument("--slices", help="use only these annotated slices, e.g. z:10,50,90")
     p.add_argument("--budget", help="optimisation time, e.g. 120s or 5m (default 120s)")
     p.add_argument("--steps", type=int, help="optimisation steps (reproducible with --seed)")

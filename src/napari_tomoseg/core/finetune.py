@@ -31,7 +31,7 @@ HOLDOUT = 0.2
 #: Smallest slice edge worth training on.
 MIN_PLANE = 16
 #: How a 2D base model's first kernels are spread over the slices of a 2.5D fine-tuned model.
-INFLATE_SPREAD: Literal["binomial", "centre"] = "binomial"
+INFLATE_SPREAD: Literal["binomial", "centre"] = "centre"
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,9 @@ class FinetuneConfig:
     base_filters : int
         Width of a model trained from scratch (``base=None``).
     mode : {"2d", "2.5d", "3d"} or None
-        Mode of a model trained from scratch; with a base model it must match the base model's.
+        Mode of a model trained from scratch. With a base model it must match the base model's,
+        except that a 2D base can be extended to 2.5D (``"2.5d"``: it then also sees the neighbouring
+        slices).
     """
 
     budget: float | None = 120.0
@@ -304,8 +306,8 @@ def plan_finetune(
         )
         if inflate:
             notes.append(
-                "the 2D base model is extended to 2.5D (3 neighbouring slices as input, starting as "
-                "the 2D model on lightly smoothed slices)"
+                "the 2D base model is extended to 2.5D: it sees 3 neighbouring slices and starts "
+                "as the 2D model (the neighbours' weights start at 0 and are learnt)"
             )
         elif config.mode is not None and _mode_family(config.mode) != _mode_family(mode):
             raise ValueError(
