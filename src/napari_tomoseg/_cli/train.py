@@ -121,6 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         axis=axis,
         seed=args.seed,
         mode=args.mode,
+        patience=args.patience,
     )
     _set_threads(args.threads)
     plan = plan_finetune(volume.shape, annotations, base=base, phases=phases, config=config)
@@ -217,6 +218,9 @@ def register(sub: Any) -> None:
         help="validation: auto (default), band, none, or slices to hold out, e.g. z:40,80",
     )
     p.add_argument("--phases", help="phase names for ids 1..C, e.g. pore,matrix,aggregate")
+    p.add_argument(
+        "--patience", type=int, help="stop after this many validations without improvement"
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--optimizer", choices=["adamw", "adabelief"], default="adamw")
     p.add_argument("--no-augment", action="store_true", help="no dihedral/intensity augmentation")

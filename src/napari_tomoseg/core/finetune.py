@@ -129,6 +129,10 @@ class FinetuneConfig:
             raise ValueError(
                 f"FinetuneConfig.validate_every must be >= 1, got {self.validate_every}"
             )
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(
+                f"FinetuneConfig.patience must be >= 1 validations, got {self.patience}"
+            )
         if self.base_filters < 1:
             raise ValueError(f"FinetuneConfig.base_filters must be >= 1, got {self.base_filters}")
 
