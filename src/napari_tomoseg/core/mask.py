@@ -119,4 +119,4 @@ def detect_field_of_view(
         return None
     rows, cols = np.nonzero(inside)
     radius = max(0.0, float(np.sqrt(area / np.pi)) - margin)
-    return FieldOfView(axis, (float(rows.mean()), float(cols.mean())), radius, shape)  # type: ignore[arg-type]
+    return FieldOfView(axis, (float(rows.mean()), float(cols.mean())), radius, shape)
