@@ -19,17 +19,24 @@ import logging
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from napari_tomoseg.core.baseline import GreyLevelClassifier
-from napari_tomoseg.core.finetune import FinetuneConfig, finetune
-from napari_tomoseg.core.inference import InferenceConfig, segment_volume
-from napari_tomoseg.core.metrics import ConfusionAccumulator
-from napari_tomoseg.core.model import bundled_model_path, load_model
-from napari_tomoseg.core.synthetic import PhantomConfig, make_phantom
-from napari_tomoseg.core.uncertainty import entropy, rank_slices
+# This folder holds a ``dask.py`` benchmark: keep it from shadowing the real dask package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+
+from _common import matmul_peak  # noqa: E402
+
+from napari_tomoseg.core.baseline import GreyLevelClassifier  # noqa: E402
+from napari_tomoseg.core.finetune import FinetuneConfig, finetune  # noqa: E402
+from napari_tomoseg.core.inference import InferenceConfig, segment_volume  # noqa: E402
+from napari_tomoseg.core.metrics import ConfusionAccumulator  # noqa: E402
+from napari_tomoseg.core.model import bundled_model_path, load_model  # noqa: E402
+from napari_tomoseg.core.synthetic import PhantomConfig, make_phantom  # noqa: E402
+from napari_tomoseg.core.uncertainty import entropy, rank_slices  # noqa: E402
 
 log = logging.getLogger("benchmarks.finetune")
 SEEDS = (500, 501, 502)  # bundled-model training used seeds 1000+
@@ -57,22 +64,6 @@ def score(pred: np.ndarray, truth: np.ndarray, keep: np.ndarray, n: int) -> dict
     acc.update(pred[keep], truth[keep])
     j = acc.jaccard()
     return {"mean": float(np.nanmean(j)), "per_phase": j}
-
-
-def matmul_peak(dtype: Any, n: int = 1024, seconds: float = 1.5) -> float:
-    """Best FLOP/s of an n x n matmul over ``seconds`` (the machine's practical peak right now)."""
-    import torch
-
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    torch.mm(a, b)
-    best, t_end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        for _ in range(4):
-            torch.mm(a, b)
-        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t0))
-    return best
 
 
 def training_flops_per_voxel(model: Any, crop: int) -> float:
