@@ -548,7 +548,10 @@ RUNTIME_BYTES = 350 * 10**6
 #: Peak activation bytes per tile voxel per base filter of the ModularUNet in fp32 channels-last,
 #: measured with ru_maxrss on CPU (56-72 for F = 6 and 16, 544^2 and 1088^2 tiles); rounded up.
 _ACTIVATION_BYTES_PER_FILTER = 80
-_MAX_BLOCK_2D = 32
+#: Slices per 2D slab at most: 8 on the CPU (one tile per pass, so bigger slabs gain nothing and the
+#: reader thread's second slab costs memory), 32 on a GPU (tiles of several slices fill a batch).
+_MAX_BLOCK_2D = 8
+_MAX_BLOCK_2D_GPU = 32
 #: On the CPU one tile per forward pass is fastest: measured on 2 cores with the bundled model and
 #: 544^2 tiles, 0.31 s per tile at batch 1, 0.36 at 2 and 0.42 at 4 (activations fall out of cache).
 _CPU_BATCH = 1
@@ -668,7 +671,7 @@ def plan_memory(
             per_unit = padded * (itemsize + 4 + 4 * k + 4 * c + 4 + 8 + 2 + probs)
             tile_vox = tile * tile
         fixed = 2 * (k - 1) * plane * (itemsize + 4)  # 2.5D neighbours beyond the slab
-        max_units, cap = shape[axis], _MAX_BLOCK_2D
+        max_units, cap = shape[axis], (_MAX_BLOCK_2D if on_host else _MAX_BLOCK_2D_GPU)
     else:
         c_mult = 3 if mode == "2d-3axes" else 1
         # raw, float32, padded, blended out (+ multi-axis accumulators), weights, int64 argmax
