@@ -402,8 +402,10 @@ def inflate_to_slices(
         raise ValueError(f"spread must be 'binomial' or 'centre', got {spread!r}")
     new = copy.deepcopy(network)
     first = new.encoder[0]
+    assert isinstance(first, Block)
     convs = [first.body[0]] + ([first.shortcut[0]] if first.shortcut is not None else [])
     for conv in convs:
+        assert isinstance(conv, nn.Conv2d)
         w = conv.weight.data  # (out, 1, 3, 3)
         conv.weight = nn.Parameter(w * weights.view(1, k, 1, 1).to(w))
         conv.in_channels = k
