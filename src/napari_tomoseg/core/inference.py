@@ -116,14 +116,15 @@ def fold_batch_norm(network: nn.Module) -> nn.Module:
     def fold(module: nn.Module) -> None:
         for name, child in module.named_children():
             if isinstance(child, nn.Sequential):
-                kids, new, i = list(child.children()), [], 0
+                kids, i = list(child.children()), 0
+                new: list[nn.Module] = []
                 while i < len(kids):
                     conv, nxt = kids[i], kids[i + 1] if i + 1 < len(kids) else None
                     if isinstance(conv, nn.modules.conv._ConvNd) and isinstance(
                         nxt, nn.modules.batchnorm._BatchNorm
                     ):
                         transpose = isinstance(conv, nn.modules.conv._ConvTransposeNd)
-                        new.append(fuse_conv_bn_eval(conv, nxt, transpose=transpose))  # type: ignore[arg-type]
+                        new.append(fuse_conv_bn_eval(conv, nxt, transpose=transpose))
                         i += 2
                     else:
                         fold(conv)
@@ -175,7 +176,8 @@ class Predictor:
         self._memory_format = (
             torch.channels_last if model.config.ndim == 2 else torch.channels_last_3d
         )
-        self.network = net.to(self.device).to(memory_format=self._memory_format)
+        # nn.Module.to accepts memory_format at run time; torch's stubs do not list it.
+        self.network = net.to(self.device).to(memory_format=self._memory_format)  # type: ignore[call-overload]
         self.max_batch: int | None = None
         self._pinned: torch.Tensor | None = None
 
@@ -399,17 +401,18 @@ def predict_tiled(
             tuple(slice(starts[a][i], starts[a][i] + eff[a]) for a, i in enumerate(idx))
             for _, idx in chunk
         ]
-        batch = np.stack(
-            [padded[(s, slice(None), *r)] for (s, _), r in zip(chunk, regions, strict=True)]
-        )
+        keys: list[tuple[Any, ...]] = [
+            (s, slice(None), *r) for (s, _), r in zip(chunk, regions, strict=True)
+        ]
+        batch = np.stack([padded[key] for key in keys])
         probs = predict(batch)
         if probs.shape != (len(chunk), n_out, *eff):
             raise ValueError(
                 f"predictor returned shape {probs.shape}, expected {(len(chunk), n_out, *eff)}"
             )
-        for k, ((s, idx), r) in enumerate(zip(chunk, regions, strict=True)):
+        for k, ((_, idx), key) in enumerate(zip(chunk, keys, strict=True)):
             w = _outer([windows[a][i] for a, i in enumerate(idx)])
-            out[(s, slice(None), *r)] += probs[k] * w
+            out[key] += probs[k] * w
     out /= wsum
     crop = tuple(slice(b, b + length) for (b, _), length in zip(pads, spatial, strict=True))
     return out[(slice(None), slice(None), *crop)]
@@ -429,7 +432,7 @@ def _mirror_pad(
             pb, pa = min(b, n), min(a, n)
             width = [(0, 0)] * padded.ndim
             width[2 + ax] = (pb, pa)
-            padded = np.pad(padded, width, mode=mode)
+            padded = np.pad(padded, width, mode=mode)  # type: ignore[call-overload]
             b, a = b - pb, a - pa
     return padded
 
