@@ -40,7 +40,7 @@ def test_rank_slices_orders_skips_annotated_and_spreads() -> None:
     annotations = np.zeros(u.shape, np.uint8)
     annotations[17, 0, 0] = 1  # 17 is annotated already
     ranked = rank_slices(u, axis=0, n=3, annotations=annotations, min_spacing=1)
-    assert [s.index for s in ranked] == [5, 12, 0] or [s.index for s in ranked][:2] == [5, 12]
+    assert [s.index for s in ranked] == [5, 12, 0]
     assert ranked[0].score == pytest.approx(0.9)
     assert 6 not in [s.index for s in ranked] and 17 not in [s.index for s in ranked]
 

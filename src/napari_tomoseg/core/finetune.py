@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import logging
-import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -521,7 +520,6 @@ def _initial_model(base: Any, plan: FinetunePlan, config: FinetuneConfig) -> Any
 def _validator(
     pairs: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]],
     n_phases: int,
-    ndim: int,
     device: Any,
 ) -> Any:
     """``validate(network) -> per-phase Jaccard`` on the held-out annotations."""
@@ -632,7 +630,7 @@ def iter_finetune(
         seed=config.seed,
         optimizer=config.optimizer,
     )
-    validate = _validator(val_pairs, n, net_cfg.ndim, dev) if val_pairs else None
+    validate = _validator(val_pairs, n, dev) if val_pairs else None
     result = yield from iter_train(
         model.network, sampler, train_config, validate=validate, cancel=cancel, device=dev
     )
@@ -695,9 +693,3 @@ def _describe_base(base: Any) -> str:
 def finetune(volume: Any, annotations: npt.ArrayLike, **kwargs: Any) -> FinetuneResult:
     """Run :func:`iter_finetune` to completion (for scripts and the CLI)."""
     return run_to_completion(iter_finetune(volume, annotations, **kwargs))
-
-
-def _nanmean(values: Sequence[float]) -> float:
-    a = np.asarray(values, np.float64)
-    a = a[~np.isnan(a)]
-    return float(a.mean()) if a.size else math.nan
