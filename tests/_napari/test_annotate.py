@@ -11,6 +11,7 @@ import napari_tomoseg._napari._common as common
 from napari_tomoseg._napari._common import JobState
 from napari_tomoseg._napari.annotate import ANNOTATIONS, AnnotateWidget, RemapDialog, autosave_path
 from napari_tomoseg.core.phases import PhaseTable
+from napari_tomoseg.core.uncertainty import SliceScoreAccumulator
 
 
 @pytest.fixture
@@ -164,7 +165,9 @@ def test_next_slice_to_correct(sample_viewer, widget, wait_job, errors):
     unc = np.zeros((24, 64, 64), np.float16)
     unc[9] = 0.9
     unc[17] = 0.5
-    widget.session.uncertainty = unc
+    scores = SliceScoreAccumulator(unc.shape)
+    scores.add((slice(0, 24), slice(0, 64), slice(0, 64)), unc)
+    widget.session.slice_scores = scores
     layer = widget.ensure_layer()
     assert widget.goto_next_slice()
     wait_job(widget.runner)

@@ -8,6 +8,7 @@ import pytest
 import napari_tomoseg._napari._common as common
 from napari_tomoseg._napari._common import JobState
 from napari_tomoseg._napari.segment import PREDICTION, UNCERTAINTY, SegmentWidget
+from napari_tomoseg.core.uncertainty import slice_scores
 
 
 @pytest.fixture
@@ -57,6 +58,10 @@ def test_segment_fills_prediction_like_the_core(sample_viewer, widget, wait_job,
     unc = viewer.layers[UNCERTAINTY].data
     assert unc.shape == volume.shape and 0 <= unc.min() and unc.max() <= 1 and unc.max() > 0
     assert widget.session.uncertainty is unc
+    # the per-slice scores gathered while segmenting are those of the map shown
+    np.testing.assert_allclose(
+        widget.session.slice_scores.scores(0), slice_scores(unc, axis=0), rtol=1e-3, atol=1e-4
+    )
     assert "Segmented 24×64×64" in widget.controls.status.text()
     assert widget.controls.run_button.isEnabled()
 

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from napari_tomoseg.core.uncertainty import disagreement, entropy, rank_slices, slice_scores
+from napari_tomoseg.core.uncertainty import (
+    SliceScoreAccumulator,
+    disagreement,
+    entropy,
+    rank_scores,
+    rank_slices,
+    slice_scores,
+)
 
 
 def test_entropy_is_zero_for_certain_and_one_for_uniform() -> None:
@@ -62,3 +69,27 @@ def test_rank_slices_rejects_bad_input() -> None:
         rank_slices(np.zeros((2, 2, 2)), n=0)
     with pytest.raises(ValueError, match="annotations shape"):
         rank_slices(np.zeros((2, 2, 2)), annotations=np.zeros((2, 2, 3)))
+
+
+def test_slice_score_accumulator_equals_slice_scores_of_the_assembled_map() -> None:
+    rng = np.random.default_rng(4)
+    u = rng.random((10, 12, 9), dtype=np.float32)
+    acc = SliceScoreAccumulator(u.shape)
+    # uneven, disjoint blocks, the way a segmentation streams them
+    for z0, z1 in ((0, 3), (3, 8), (8, 10)):
+        for y0, y1 in ((0, 5), (5, 12)):
+            acc.add((slice(z0, z1), slice(y0, y1), slice(0, 9)), u[z0:z1, y0:y1])
+    for axis in range(3):
+        np.testing.assert_allclose(acc.scores(axis), slice_scores(u, axis=axis), rtol=1e-6)
+    half = SliceScoreAccumulator(u.shape)
+    half.add((slice(0, 4), slice(0, 12), slice(0, 9)), u[:4])
+    assert np.isnan(half.scores(0)[4:]).all() and not np.isnan(half.scores(0)[:4]).any()
+
+
+def test_rank_scores_skips_annotated_and_nan_slices() -> None:
+    scores = np.array([0.1, 0.9, np.nan, 0.8, 0.5, 0.7])
+    ranked = rank_scores(scores, n=3, skip=[1], min_spacing=0)
+    assert [s.index for s in ranked] == [3, 5, 4]
+    assert rank_scores(scores, n=2, skip=[1], min_spacing=1)[1].index == 5
+    with pytest.raises(ValueError, match="slices to skip"):
+        rank_scores(scores, skip=[6])

@@ -14,6 +14,7 @@ import enum
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import weakref
@@ -506,6 +507,45 @@ def upsert_labels(
 
 
 # --------------------------------------------------------------------------------------------------
+# files that belong to a volume: autosaved annotations, on-disk prediction and uncertainty
+
+
+def autosave_dir() -> Path:
+    """Where files of volumes without a file (samples, pasted arrays) are saved
+    (``NAPARI_TOMOSEG_AUTOSAVE_DIR`` overrides it)."""
+    env = os.environ.get("NAPARI_TOMOSEG_AUTOSAVE_DIR")
+    if env:
+        return Path(env)
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("napari-tomoseg")) / "autosave"
+
+
+def source_path(layer: Any) -> Path | None:
+    """The file or folder an image layer was opened from, if any."""
+    p = layer.metadata.get("source_path") or getattr(layer.source, "path", None)
+    return Path(p) if p else None
+
+
+def companion_path(image: Any, suffix: str, folder: Path | None = None) -> Path:
+    """``<volume file><suffix>`` next to the file ``image`` was opened from (or in ``folder``, or in
+    :func:`autosave_dir` when that folder is read-only or the volume has no file; then the layer name
+    and shape make the name)."""
+    src = source_path(image)
+    if src is not None:
+        name = src.name + suffix
+        if folder is not None:
+            return folder / name
+        if os.access(src.parent, os.W_OK):
+            return src.parent / name
+        return autosave_dir() / name
+    data = image.data[0] if getattr(image, "multiscale", False) else image.data
+    shape = "x".join(str(int(s)) for s in data.shape)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", image.name) or "volume"
+    return (folder or autosave_dir()) / f"{safe}-{shape}{suffix}"
+
+
+# --------------------------------------------------------------------------------------------------
 # per-viewer session state
 
 
@@ -515,14 +555,17 @@ class Session:
 
     ``phases``: the phase table of the annotations (default: the bundled model's).
     ``models``: models in memory by display name (e.g. a fine-tuned one not yet saved).
-    ``uncertainty``: the last segmentation's per-voxel uncertainty (float16, volume shape) and the
-    name of the image layer it belongs to.
+    ``uncertainty``: the last segmentation's per-voxel uncertainty (float16 in memory, or a uint8
+    zarr store holding 255 x entropy for a big volume), the per-slice mean uncertainty along each axis
+    (``slice_scores``, a :class:`~napari_tomoseg.core.uncertainty.SliceScoreAccumulator`) and the
+    name of the image layer they belong to.
     ``widgets``: the dock widgets created for this viewer, by kind ("segment", "annotate", ...).
     """
 
     phases: PhaseTable = COMPOSITE_PHASES
     models: dict[str, Any] = field(default_factory=dict)
     uncertainty: Any | None = None
+    slice_scores: Any | None = None
     uncertainty_image: str | None = None
     widgets: weakref.WeakValueDictionary[str, Any] = field(
         default_factory=weakref.WeakValueDictionary

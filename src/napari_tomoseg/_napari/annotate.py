@@ -10,8 +10,6 @@ Every change is saved (atomically, in a worker) next to the volume and restored 
 from __future__ import annotations
 
 import logging
-import os
-import re
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +41,7 @@ from napari_tomoseg._napari._common import (
     LayerCombo,
     apply_phases,
     check_image_layer,
+    companion_path,
     current_slice,
     notify_error,
     notify_info,
@@ -59,40 +58,22 @@ log = logging.getLogger(__name__)
 ANNOTATIONS = "annotations"
 PREDICTION = "prediction"
 AUTOSAVE_SUFFIX = ".tomoseg-annotations.tif"
+AUTOSAVE_STORE_SUFFIX = ".tomoseg-annotations.zarr"
 AXES = ("z", "y", "x")
-
-
-def autosave_dir() -> Path:
-    """Where annotations of volumes without a file (samples, pasted arrays) are saved."""
-    env = os.environ.get("NAPARI_TOMOSEG_AUTOSAVE_DIR")
-    if env:
-        return Path(env)
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("napari-tomoseg")) / "autosave"
-
-
-def source_path(layer: Any) -> Path | None:
-    """The file or folder an image layer was opened from, if any."""
-    p = layer.metadata.get("source_path") or getattr(layer.source, "path", None)
-    return Path(p) if p else None
 
 
 def autosave_path(image: Any, folder: Path | None = None) -> Path:
     """Where the annotations of ``image`` are autosaved: next to its file (``<file>.tomoseg-
-    annotations.tif``), in ``folder`` if given, or in :func:`autosave_dir` for in-memory volumes."""
-    src = source_path(image)
-    shape = "x".join(str(int(s)) for s in image.data.shape)
-    if src is not None:
-        name = src.name + AUTOSAVE_SUFFIX
-        if folder is not None:
-            return folder / name
-        if os.access(src.parent, os.W_OK):
-            return src.parent / name
-        folder = autosave_dir()
-        return folder / name
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", image.name) or "volume"
-    return (folder or autosave_dir()) / f"{safe}-{shape}{AUTOSAVE_SUFFIX}"
+    annotations.tif``, or ``.zarr`` for a volume too big for memory), in ``folder`` if given, or in
+    ``autosave_dir()`` for in-memory volumes."""
+    suffix = AUTOSAVE_STORE_SUFFIX if _uses_store(image) else AUTOSAVE_SUFFIX
+    return companion_path(image, suffix, folder)
+
+
+def _uses_store(image: Any) -> bool:
+    from napari_tomoseg.core.labelstore import needs_store
+
+    return needs_store(check_image_layer(image).shape)
 
 
 def is_ours(path: Path) -> bool:
@@ -149,6 +130,7 @@ class AnnotateWidget(QWidget):
         self.runner = JobRunner("Annotations")
         self._saver = JobRunner("Saving annotations")
         self._counter: Any = None
+        self._count_request = 0
         self.autosave_folder: Path | None = None
         self.last_saved: Path | None = None
         self._layer: Any = None
@@ -252,7 +234,9 @@ class AnnotateWidget(QWidget):
         """Use ``phases`` for the annotations (refuses to drop a phase that holds annotations)."""
         layer = self._layer
         if layer is not None and len(phases) < len(self.phases):
-            top = int(np.asarray(layer.data).max())
+            from napari_tomoseg.core.labelstore import summarize_labels
+
+            top = summarize_labels(layer.data).top_id
             if top > len(phases):
                 raise ValueError(
                     f"phase {top} ({self.phases.phases[top - 1].name}) holds annotations; erase "
@@ -347,8 +331,17 @@ class AnnotateWidget(QWidget):
                 return None
             self._bind(layer)
             return layer
-        data = np.zeros(shape, np.uint8)
-        restored = self._restore(image, data)
+        from napari_tomoseg.core.labelstore import needs_store
+
+        if needs_store(shape):
+            try:
+                data, restored = self._open_store(image, shape)
+            except (ValueError, OSError) as err:
+                notify_error(f"Cannot annotate: {err}")
+                return None
+        else:
+            data = np.zeros(shape, np.uint8)
+            restored = self._restore(image, data)
         layer = self.viewer.add_labels(
             data, name=ANNOTATIONS, scale=image.scale, translate=image.translate, opacity=0.7
         )
@@ -357,6 +350,30 @@ class AnnotateWidget(QWidget):
         if restored:
             notify_info(restored)
         return layer
+
+    def _open_store(self, image: Any, shape: tuple[int, ...]) -> tuple[Any, str | None]:
+        """The annotations of a volume too big for memory: a zarr store next to it, reopened if it
+        exists. Painting writes straight into it, so nothing is lost in a crash."""
+        from napari_tomoseg.core.labelstore import (
+            create_store,
+            open_store,
+            store_phases,
+            summarize_labels,
+        )
+
+        path = autosave_path(image, self.autosave_folder)
+        self.last_saved = path
+        if path.exists():
+            data = open_store(path, shape=shape, kind="labels")
+            phases = store_phases(data)
+            if phases is not None:
+                self.session.set_phases(phases)
+            n = summarize_labels(data).labelled
+            return data, f"Restored {n:,} annotated voxels from {path}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scale = tuple(float(s) for s in image.scale)
+        voxel = scale if scale != (1.0, 1.0, 1.0) else None
+        return create_store(path, shape, phases=self.phases, voxel_size=voxel), None
 
     def _restore(self, image: Any, data: np.ndarray) -> str | None:
         path = autosave_path(image, self.autosave_folder)
@@ -385,7 +402,7 @@ class AnnotateWidget(QWidget):
     def _bind(self, layer: Any) -> None:
         if self._layer is layer:
             return
-        if layer.data.dtype != np.uint8:
+        if np.dtype(layer.data.dtype) != np.uint8:
             top = int(np.asarray(layer.data).max()) if layer.data.size else 0
             if top > 255 or int(np.asarray(layer.data).min()) < 0:
                 notify_error(f"Layer {layer.name!r} holds ids outside 0..255; cannot use it")
@@ -424,18 +441,21 @@ class AnnotateWidget(QWidget):
         n = len(self.phases)
 
         def count() -> tuple[np.ndarray, np.ndarray]:
-            moved = np.moveaxis(np.asarray(data), axis, 0)
-            voxels = np.bincount(moved.ravel(), minlength=n + 1)[: n + 1]
-            slices = np.zeros(n + 1, np.int64)
-            for s in np.flatnonzero(moved.reshape(moved.shape[0], -1).any(axis=1)):
-                present = np.bincount(moved[s].ravel(), minlength=n + 1)[: n + 1] > 0
-                slices += present
-            return voxels, slices
+            # Only the chunks holding annotations are read when the layer is a store.
+            from napari_tomoseg.core.labelstore import summarize_labels
+
+            summary = summarize_labels(data, n_ids=n)
+            return summary.voxels, summary.slices_per_id(axis)
 
         from napari.qt.threading import create_worker
 
+        # Counts arrive out of order when edits come quickly: only the latest request is shown.
+        self._count_request += 1
+        request = self._count_request
         worker = create_worker(count, _ignore_errors=True)
-        worker.returned.connect(self._show_counts)
+        worker.returned.connect(
+            lambda res: self._show_counts(res) if request == self._count_request else None
+        )
         self._counter = worker
         worker.start()
 
@@ -468,9 +488,11 @@ class AnnotateWidget(QWidget):
         if self._saver.running:
             self._autosave_timer.start()  # try again once the current write is done
             return False
+        phases = self.phases
+        if not isinstance(layer.data, np.ndarray):
+            return self._save_store(layer, phases)
         path = autosave_path(image, self.autosave_folder)
         data = np.array(layer.data, dtype=np.uint8, copy=True)
-        phases = self.phases
         scale = tuple(float(s) for s in layer.scale)
         voxel = scale if scale != (1.0, 1.0, 1.0) else None
 
@@ -494,6 +516,20 @@ class AnnotateWidget(QWidget):
                 pass
 
         self._saver.start(job, on_return=saved)
+        return True
+
+    def _save_store(self, layer: Any, phases: PhaseTable) -> bool:
+        from napari_tomoseg.core.labelstore import set_store_phases
+
+        if not hasattr(layer.data, "attrs"):
+            return False  # e.g. a dask array: read-only, nothing of ours to save
+        try:
+            set_store_phases(layer.data, phases)
+        except OSError as err:
+            notify_error(f"Could not record the phase table with the annotations: {err}")
+            return False
+        where = self.last_saved or "the annotation store"
+        self.save_status.setText(f"saved as painted, in {where}")
         return True
 
     # filling ---------------------------------------------------------------------------------
@@ -589,12 +625,22 @@ class AnnotateWidget(QWidget):
         mapped = remap_labels(labels, mapping, len(self.phases))
         if mapped.shape != tuple(layer.data.shape):
             raise ValueError("imported labels and annotations differ in shape")
-        data = np.array(layer.data, copy=True)
         take = mapped > 0
-        data[take] = mapped[take]
-        layer.data = data
-        self._schedule()
         n = int(take.sum())
+        if isinstance(layer.data, np.ndarray):
+            data = np.array(layer.data, copy=True)
+            data[take] = mapped[take]
+            layer.data = data
+        else:  # a store: write the slabs that change, in place
+            depth = int(layer.data.chunks[0]) if hasattr(layer.data, "chunks") else 8
+            for z0 in range(0, mapped.shape[0], depth):
+                sl = slice(z0, z0 + depth)
+                if take[sl].any():
+                    block = np.asarray(layer.data[sl])
+                    block[take[sl]] = mapped[sl][take[sl]]
+                    layer.data[sl] = block
+            layer.refresh()
+        self._schedule()
         self.controls.status.setText(f"Imported {n:,} annotated voxels")
         return n
 
@@ -603,8 +649,8 @@ class AnnotateWidget(QWidget):
         layer = self.ensure_layer()
         if layer is None or self.runner.running:
             return False
-        unc = self.session.uncertainty
-        if unc is None or tuple(unc.shape) != tuple(layer.data.shape):
+        scores = self.session.slice_scores
+        if scores is None or tuple(scores.shape) != tuple(layer.data.shape):
             notify_error(
                 "No uncertainty for this volume: segment it first with 'Uncertainty layer' checked"
             )
@@ -613,10 +659,12 @@ class AnnotateWidget(QWidget):
         ann = layer.data
 
         def job(token: Any) -> Generator[None, None, Any]:
-            from napari_tomoseg.core.uncertainty import rank_slices
+            from napari_tomoseg.core.labelstore import summarize_labels
+            from napari_tomoseg.core.uncertainty import rank_scores
 
             yield from ()
-            return rank_slices(unc, axis=axis, n=1, annotations=ann)
+            annotated = summarize_labels(ann).slices(axis)
+            return rank_scores(scores.scores(axis), n=1, skip=annotated)
 
         def jump(best: Any) -> None:
             if not best:

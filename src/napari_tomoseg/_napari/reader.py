@@ -2,8 +2,9 @@
 TIFF stacks with their voxel size.
 
 path -> :func:`napari_get_reader` (by ending / folder) -> :func:`read_path` -> core.io (lazy)
--> one image layer (``scale`` = voxel size in µm) or, for label files napari-tomoseg wrote, a
-labels layer with the phase names and colours.
+-> one image layer (``scale`` = voxel size in µm; dask-backed, so nothing is read until shown;
+multiscale for an OME-Zarr with several levels) or, for label files napari-tomoseg wrote, a labels
+layer with the phase names and colours (a big one stays in its zarr store).
 
 Imports numpy, tifffile and zarr only (through core.io): never torch, never Qt.
 """
@@ -46,21 +47,6 @@ def _has_tiff_slices(folder: Path) -> bool:
         return False
 
 
-def _lazy(arr: Any) -> Any:
-    """numpy and memory maps as they are; anything else (zarr, HDF5, slice stacks) as a dask array
-    napari can slice lazily."""
-    if isinstance(arr, np.ndarray):
-        return arr
-    import dask.array as da
-
-    chunks = getattr(arr, "chunks", None)
-    if not (
-        isinstance(chunks, tuple) and len(chunks) == 3 and all(isinstance(c, int) for c in chunks)
-    ):
-        chunks = (1, *arr.shape[1:])  # one slice per chunk: what a viewer reads
-    return da.from_array(arr, chunks=chunks, asarray=True, fancy=False)
-
-
 def read_path(path: str | list[str]) -> list[LayerData]:
     """Read one volume (or one napari-tomoseg label file) as napari layer data.
 
@@ -79,13 +65,13 @@ def read_path(path: str | list[str]) -> list[LayerData]:
         geometry = {"scale": voxel, "units": ("µm",) * 3}
     phases = io.read_label_phases(p)
     if phases is not None:
-        labels = io.read_labels(p)
+        labels = _labels(p)
         colours: dict[Any, Any] = {None: "transparent", 0: "transparent", **phases.colour_dict()}
         from napari.utils.colormaps import DirectLabelColormap
 
         return [
             (
-                labels.astype(np.uint8, copy=False),
+                labels,
                 {
                     "name": name,
                     "colormap": DirectLabelColormap(color_dict=colours),
@@ -96,11 +82,25 @@ def read_path(path: str | list[str]) -> list[LayerData]:
                 "labels",
             )
         ]
-    volume = io.read_volume(p, lazy=True)
+    levels = io.read_volume_dask(p)
+    extra: dict[str, Any] = {"multiscale": True} if len(levels) > 1 else {}
     return [
         (
-            _lazy(volume),
-            {"name": name, "metadata": {"source_path": str(p)}, **geometry},
+            levels if len(levels) > 1 else levels[0],
+            {"name": name, "metadata": {"source_path": str(p)}, **geometry, **extra},
             "image",
         )
     ]
+
+
+def _labels(path: Path) -> Any:
+    """A label file's data: in memory, or, for a store of a volume too big for memory (such as the
+    prediction or annotations napari-tomoseg keeps next to a big volume), the store itself, opened
+    for painting."""
+    from napari_tomoseg.core.labelstore import is_store, needs_store, open_store
+
+    if is_store(path, "labels"):
+        store = open_store(path, kind="labels")
+        if needs_store(store.shape):
+            return store
+    return io.read_labels(path).astype(np.uint8, copy=False)

@@ -36,6 +36,7 @@ from napari_tomoseg._napari._common import (
     LayerCombo,
     apply_phases,
     check_image_layer,
+    companion_path,
     current_slice,
     notify_error,
     notify_info,
@@ -58,6 +59,9 @@ AXES = ("z", "y", "x")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PREDICTION = "prediction"
 UNCERTAINTY = "uncertainty"
+#: Stores of a volume too big for memory, next to the volume's file (see core.labelstore).
+PREDICTION_STORE_SUFFIX = ".tomoseg-prediction.zarr"
+UNCERTAINTY_STORE_SUFFIX = ".tomoseg-uncertainty.zarr"
 
 
 def _is_volume(layer: Any) -> bool:
@@ -81,15 +85,23 @@ def detect_devices() -> str:
 
 
 class _EntropySink:
-    """A stand-in for ``probabilities_out`` that keeps only the normalised entropy of each block."""
+    """A stand-in for ``probabilities_out`` that keeps, of each block, only its normalised entropy
+    (float in memory, or ``255 x`` entropy in a uint8 store) and the per-slice sums for ranking."""
 
-    def __init__(self, out: np.ndarray) -> None:
+    def __init__(self, out: Any, scores: Any) -> None:
         self.out = out
+        self.scores = scores
+        self._quantize = np.dtype(out.dtype) == np.uint8
 
     def __setitem__(self, key: tuple[slice, ...], probs: np.ndarray) -> None:
         from napari_tomoseg.core.uncertainty import entropy
 
-        self.out[key[1:]] = entropy(probs.astype(np.float32)).astype(self.out.dtype)
+        u = entropy(probs.astype(np.float32))
+        self.scores.add(key[1:], u)
+        if self._quantize:
+            self.out[key[1:]] = np.rint(u * 255.0).astype(np.uint8)
+        else:
+            self.out[key[1:]] = u.astype(self.out.dtype)
 
 
 class SegmentWidget(QWidget):
@@ -244,19 +256,34 @@ class SegmentWidget(QWidget):
             notify_error(f"Cannot segment: {err}")
             return False
         shape = tuple(int(s) for s in volume.shape)
+        keep_uncertainty = self.keep_uncertainty.isChecked()
+        from napari_tomoseg.core.labelstore import needs_store
+
+        if needs_store(shape):
+            try:
+                stores = self._store_paths(layer, keep_uncertainty)
+            except (ValueError, OSError) as err:
+                notify_error(f"Cannot segment: {err}")
+                return False
+            self._run_to_stores(layer, volume, mask, settings, load, phases, stores)
+            return True
         out = np.zeros(shape, np.uint8)
         shown = np.zeros(shape, np.uint8)
-        uncertainty = np.zeros(shape, np.float16) if self.keep_uncertainty.isChecked() else None
+        uncertainty = np.zeros(shape, np.float16) if keep_uncertainty else None
         previous = self._take_prediction()
         state: dict[str, Any] = {"layer": None}
 
         def job(token: Any) -> Generator[Any, None, Any]:
             from napari_tomoseg.core.inference import InferenceConfig, Predictor, iter_segment
+            from napari_tomoseg.core.uncertainty import SliceScoreAccumulator
 
             config = InferenceConfig(**settings)
             model = load()
             predictor = Predictor(model, device=config.device, precision=config.precision)
-            sink = _EntropySink(uncertainty) if uncertainty is not None else None
+            sink = None
+            if uncertainty is not None:
+                sink = _EntropySink(uncertainty, SliceScoreAccumulator(shape))
+                state["scores"] = sink.scores
             result = yield from iter_segment(
                 volume,
                 predictor,
@@ -281,36 +308,19 @@ class SegmentWidget(QWidget):
             layer_p = state["layer"] or self._show_prediction(shown, layer, phases)
             shown[...] = out
             layer_p.data = shown
-            apply_phases(layer_p, model.phases)
-            layer_p.metadata.update(
-                {
-                    "tomoseg_model": str(model.source) if model.source else "in memory",
-                    "tomoseg_image": layer.name,
-                    "tomoseg_seconds": result.seconds,
-                    "tomoseg_device": result.device,
-                    "tomoseg_settings": {
-                        "mode": result.settings.mode,
-                        "axis": AXES[result.settings.axis],
-                        "tile": result.settings.tile,
-                        "overlap": result.settings.overlap,
-                    },
-                    "tomoseg_provenance": dict(model.provenance),
-                }
-            )
-            if uncertainty is not None:
-                self._show_uncertainty(uncertainty, layer)
-            text = (
-                f"Segmented {'×'.join(map(str, shape))} voxels in {result.seconds:.1f} s on "
-                f"{result.device} ({result.precision})"
-            )
-            self.controls.status.setText(text)
-            notify_info(text)
+            self._finish(layer_p, layer, model, result, uncertainty, state.get("scores"))
 
         def restore(*_: Any) -> None:
             self._restore_prediction(previous, state["layer"])
             if self.runner.state is not JobState.FAILED:
                 self.controls.status.setText("Stopped; the previous prediction was kept")
 
+        self._start(job, on_yield, on_return, restore, shape)
+        return True
+
+    def _start(
+        self, job: Any, on_yield: Any, on_return: Any, restore: Any, shape: tuple[int, ...]
+    ) -> None:
         self.controls.status.setText("Segmenting…")
         self.runner.start(
             job,
@@ -324,7 +334,151 @@ class SegmentWidget(QWidget):
                 f"{ev.fraction:.0%}" + (f", {ev.eta:.0f} s left" if math.isfinite(ev.eta) else ""),
             ),
         )
-        return True
+
+    def _finish(
+        self, layer_p: Any, image: Any, model: Any, result: Any, uncertainty: Any, scores: Any
+    ) -> None:
+        """Phase table, provenance, uncertainty layer and status once a run has completed."""
+        apply_phases(layer_p, model.phases)
+        layer_p.metadata.update(
+            {
+                "tomoseg_model": str(model.source) if model.source else "in memory",
+                "tomoseg_image": image.name,
+                "tomoseg_seconds": result.seconds,
+                "tomoseg_device": result.device,
+                "tomoseg_settings": {
+                    "mode": result.settings.mode,
+                    "axis": AXES[result.settings.axis],
+                    "tile": result.settings.tile,
+                    "overlap": result.settings.overlap,
+                },
+                "tomoseg_provenance": dict(model.provenance),
+            }
+        )
+        if uncertainty is not None:
+            self._show_uncertainty(uncertainty, image, scores)
+        shape = tuple(int(s) for s in layer_p.data.shape)
+        text = (
+            f"Segmented {'×'.join(map(str, shape))} voxels in {result.seconds:.1f} s on "
+            f"{result.device} ({result.precision})"
+        )
+        self.controls.status.setText(text)
+        notify_info(text)
+
+    # big volumes: prediction and uncertainty in zarr stores next to the volume -------------------
+    def _store_paths(self, image: Any, keep_uncertainty: bool) -> dict[str, Any]:
+        """Where the on-disk prediction (and uncertainty) of ``image`` go; refuses to replace a
+        folder napari-tomoseg did not write."""
+        from napari_tomoseg.core.labelstore import is_store
+
+        paths: dict[str, Any] = {"prediction": companion_path(image, PREDICTION_STORE_SUFFIX)}
+        paths["uncertainty"] = (
+            companion_path(image, UNCERTAINTY_STORE_SUFFIX) if keep_uncertainty else None
+        )
+        for kind, path in (("labels", paths["prediction"]), ("volume", paths["uncertainty"])):
+            if path is not None and path.exists() and not is_store(path, kind):  # type: ignore[arg-type]
+                raise FileExistsError(
+                    f"{path} exists and was not written by napari-tomoseg; move it away so the "
+                    "segmentation can be stored there"
+                )
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+        return paths
+
+    def _run_to_stores(
+        self,
+        layer: Any,
+        volume: Any,
+        mask: Any,
+        settings: dict[str, Any],
+        load: Any,
+        phases: Any,
+        stores: dict[str, Any],
+    ) -> None:
+        """Segment a volume too big for memory: blocks go straight into zarr stores (written under
+        a temporary name, renamed onto ``<volume>.tomoseg-prediction.zarr`` when complete); the
+        ``prediction`` layer shows the store as it fills. A stopped or failed run deletes the
+        partial store and leaves the previous prediction as it was."""
+        shape = tuple(int(s) for s in volume.shape)
+        voxel = tuple(float(v) for v in layer.scale)
+        voxel_size = voxel if voxel != (1.0, 1.0, 1.0) else None
+        previous = self._take_prediction()
+        state: dict[str, Any] = {"layer": None, "out": None, "last_refresh": 0.0}
+
+        def job(token: Any) -> Generator[Any, None, Any]:
+            import contextlib
+
+            from napari_tomoseg.core.inference import InferenceConfig, Predictor, iter_segment
+            from napari_tomoseg.core.io import streaming_output
+            from napari_tomoseg.core.labelstore import LABEL_CHUNKS
+            from napari_tomoseg.core.uncertainty import SliceScoreAccumulator
+
+            config = InferenceConfig(**settings)
+            model = load()
+            predictor = Predictor(model, device=config.device, precision=config.precision)
+            with contextlib.ExitStack() as stack:
+                out = stack.enter_context(
+                    streaming_output(
+                        stores["prediction"],
+                        shape,
+                        phases=model.phases,
+                        voxel_size=voxel_size,
+                        chunks=LABEL_CHUNKS,
+                        overwrite=True,
+                    )
+                )
+                sink = None
+                if stores["uncertainty"] is not None:
+                    unc = stack.enter_context(
+                        streaming_output(
+                            stores["uncertainty"],
+                            shape,
+                            kind="volume",
+                            voxel_size=voxel_size,
+                            chunks=LABEL_CHUNKS,
+                            overwrite=True,
+                        )
+                    )
+                    sink = _EntropySink(unc, SliceScoreAccumulator(shape))
+                state["out"] = out
+                result = yield from iter_segment(
+                    volume,
+                    predictor,
+                    config,
+                    out=out,
+                    probabilities_out=sink,
+                    mask=mask,
+                    cancel=token,
+                )
+            # The stores are complete and renamed into place here.
+            return model, result, None if sink is None else sink.scores
+
+        def on_yield(ev: Any) -> None:
+            if state["layer"] is None and state["out"] is not None:
+                state["layer"] = self._show_prediction(state["out"], layer, phases)
+            now = time.monotonic()
+            if state["layer"] is not None and now - state["last_refresh"] > 0.5:
+                state["last_refresh"] = now
+                state["layer"].refresh()
+
+        def on_return(res: Any) -> None:
+            from napari_tomoseg.core.labelstore import open_store
+
+            model, result, scores = res
+            data = open_store(stores["prediction"], shape=shape, kind="labels")
+            layer_p = self._show_prediction(data, layer, phases)
+            uncertainty = None
+            if scores is not None:
+                uncertainty = open_store(stores["uncertainty"], shape=shape, mode="r")
+            self._finish(layer_p, layer, model, result, uncertainty, scores)
+            layer_p.metadata["tomoseg_store"] = str(stores["prediction"])
+
+        def restore(*_: Any) -> None:
+            self._restore_prediction(previous, state["layer"])
+            if self.runner.state is not JobState.FAILED:
+                self.controls.status.setText("Stopped; the previous prediction was kept")
+
+        self._start(job, on_yield, on_return, restore, shape)
 
     def _take_prediction(self) -> Any:
         """Remember the current prediction layer's data so a failed run can put it back."""
@@ -365,15 +519,18 @@ class SegmentWidget(QWidget):
 
             apply_phases(added, PhaseTable.from_json(phases_json))
 
-    def _show_uncertainty(self, uncertainty: np.ndarray, image: Any) -> None:
+    def _show_uncertainty(self, uncertainty: Any, image: Any, scores: Any = None) -> None:
         self.session.uncertainty = uncertainty
+        self.session.slice_scores = scores
         self.session.uncertainty_image = image.name
+        top = 255.0 if np.dtype(uncertainty.dtype) == np.uint8 else 1.0
         if (
             UNCERTAINTY in self.viewer.layers
             and self.viewer.layers[UNCERTAINTY]._type_string == "image"
         ):
             ly = self.viewer.layers[UNCERTAINTY]
             ly.data = uncertainty
+            ly.contrast_limits = (0.0, top)
         else:
             self.viewer.add_image(
                 uncertainty,
@@ -381,7 +538,7 @@ class SegmentWidget(QWidget):
                 scale=image.scale,
                 translate=image.translate,
                 colormap="magma",
-                contrast_limits=(0.0, 1.0),
+                contrast_limits=(0.0, top),
                 blending="additive",
                 visible=False,
             )

@@ -108,27 +108,79 @@ def rank_slices(
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     scores = slice_scores(uncertainty, axis=axis, mask=mask)
-    length = scores.shape[0]
-    blocked = np.zeros(length, bool)
+    annotated: Sequence[int] = ()
     if annotations is not None:
         a = np.asarray(annotations)
         if a.shape != np.shape(uncertainty):
             raise ValueError(
                 f"annotations shape {a.shape} differs from the volume shape {np.shape(uncertainty)}"
             )
-        blocked[list(_annotated_slices(a, axis))] = True
-    blocked |= np.isnan(scores)
+        annotated = sorted(_annotated_slices(a, axis))
+    return rank_scores(scores, n=n, skip=annotated, min_spacing=min_spacing)
+
+
+def rank_scores(
+    scores: npt.ArrayLike,
+    *,
+    n: int = 3,
+    skip: Sequence[int] | npt.ArrayLike = (),
+    min_spacing: int | None = None,
+) -> list[SliceScore]:
+    """The ``n`` highest of per-slice ``scores`` (NaN = no score), leaving out the slices in ``skip``
+    and, around each chosen slice, ``min_spacing`` slices on either side (see :func:`rank_slices`)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1:
+        raise ValueError(f"scores must be one value per slice, got shape {s.shape}")
+    length = s.shape[0]
+    blocked = np.isnan(s)
+    skipped = np.asarray(skip, dtype=np.intp).ravel()
+    if skipped.size:
+        if skipped.min() < 0 or skipped.max() >= length:
+            raise ValueError(f"slices to skip must lie in 0..{length - 1}")
+        blocked[skipped] = True
     spacing = max(1, length // (4 * n)) if min_spacing is None else max(0, min_spacing)
     chosen: list[SliceScore] = []
-    order = np.argsort(-np.nan_to_num(scores, nan=-1.0), kind="stable")
+    order = np.argsort(-np.nan_to_num(s, nan=-1.0), kind="stable")
     for i in order:
         if len(chosen) == n:
             break
         if blocked[i]:
             continue
-        chosen.append(SliceScore(int(i), float(scores[i])))
+        chosen.append(SliceScore(int(i), float(s[i])))
         blocked[max(0, i - spacing) : i + spacing + 1] = True
     return chosen
+
+
+class SliceScoreAccumulator:
+    """Per-slice mean uncertainty along all three axes, accumulated block by block as a segmentation
+    streams: ranking slices then needs neither the uncertainty map nor a pass over it.
+
+    ``add(region, u)`` with ``u`` the uncertainty of ``volume[region]``; each voxel added once.
+    ``scores(axis)`` equals :func:`slice_scores` of the assembled map (NaN where nothing was added).
+    """
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        if len(self.shape) != 3:
+            raise ValueError(f"shape must be 3D, got {self.shape}")
+        self._sums = [np.zeros(s, np.float64) for s in self.shape]
+        self._counts = [np.zeros(s, np.int64) for s in self.shape]
+
+    def add(self, region: Sequence[slice], uncertainty: npt.ArrayLike) -> None:
+        u = np.asarray(uncertainty, dtype=np.float32)
+        if u.ndim != 3:
+            raise ValueError(f"uncertainty block must be 3D, got shape {u.shape}")
+        for axis in range(3):
+            other = tuple(a for a in range(3) if a != axis)
+            self._sums[axis][region[axis]] += u.sum(axis=other, dtype=np.float64)
+            self._counts[axis][region[axis]] += u.size // max(1, u.shape[axis])
+
+    def scores(self, axis: int = 0) -> npt.NDArray[np.float64]:
+        count = self._counts[axis]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, self._sums[axis] / np.maximum(count, 1), np.nan)
 
 
 def volume_uncertainty(
