@@ -481,6 +481,13 @@ def current_slice(viewer: napari.viewer.Viewer, axis: int | None = None) -> tupl
     return axis, int(viewer.dims.current_step[axis])
 
 
+def geometry(like: Layer | None) -> dict[str, Any]:
+    """``scale``, ``translate`` and ``units`` of ``like``, for a layer drawn over it ({} for None)."""
+    if like is None:
+        return {}
+    return {"scale": like.scale, "translate": like.translate, "units": like.units}
+
+
 def upsert_labels(
     viewer: napari.viewer.Viewer,
     name: str,
@@ -491,16 +498,14 @@ def upsert_labels(
     **kwargs: Any,
 ) -> Any:
     """Replace the data of the labels layer ``name`` (or add it), with ``like``'s scale/translate."""
-    geometry = {}
-    if like is not None:
-        geometry = {"scale": like.scale, "translate": like.translate}
+    where = geometry(like)
     if name in viewer.layers and _layer_is(viewer.layers[name], "labels"):
         layer = viewer.layers[name]
         layer.data = data
-        for k, v in geometry.items():
+        for k, v in where.items():
             setattr(layer, k, v)
     else:
-        layer = viewer.add_labels(data, name=name, **geometry, **kwargs)
+        layer = viewer.add_labels(data, name=name, **where, **kwargs)
     if phases is not None:
         apply_phases(layer, phases)
     return layer

@@ -43,6 +43,7 @@ from napari_tomoseg._napari._common import (
     check_image_layer,
     companion_path,
     current_slice,
+    geometry,
     notify_error,
     notify_info,
     notify_warning,
@@ -342,9 +343,7 @@ class AnnotateWidget(QWidget):
         else:
             data = np.zeros(shape, np.uint8)
             restored = self._restore(image, data)
-        layer = self.viewer.add_labels(
-            data, name=ANNOTATIONS, scale=image.scale, translate=image.translate, opacity=0.7
-        )
+        layer = self.viewer.add_labels(data, name=ANNOTATIONS, **geometry(image), opacity=0.7)
         layer.metadata["tomoseg_image"] = image.name
         self._bind(layer)
         if restored:

@@ -28,6 +28,7 @@ from napari_tomoseg._napari._common import (
     JobControls,
     JobRunner,
     LayerCombo,
+    geometry,
     layer_phases,
     notify_error,
     notify_info,
@@ -267,8 +268,7 @@ class CleanupWidget(QWidget):
             sel = self.viewer.add_labels(
                 mask,
                 name=SELECTION_LAYER,
-                scale=layer.scale,
-                translate=layer.translate,
+                **geometry(layer),
                 opacity=0.9,
             )
         sel.colormap = cmap

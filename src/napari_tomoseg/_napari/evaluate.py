@@ -32,6 +32,7 @@ from napari_tomoseg._napari._common import (
     JobControls,
     JobRunner,
     LayerCombo,
+    geometry,
     layer_phases,
     notify_error,
     notify_info,
@@ -551,7 +552,7 @@ class EvaluateWidget(QWidget):
             if result.prediction_layer in self.viewer.layers
             else None
         )
-        geometry = {"scale": like.scale, "translate": like.translate} if like is not None else {}
+        where = geometry(like)
         cmap = DirectLabelColormap(
             color_dict={None: "transparent", 0: "transparent", 1: ERROR_COLOUR}
         )
@@ -561,12 +562,10 @@ class EvaluateWidget(QWidget):
         ):
             layer = self.viewer.layers[ERRORS_LAYER]
             layer.data = result.errors
-            for k, v in geometry.items():
+            for k, v in where.items():
                 setattr(layer, k, v)
         else:
-            layer = self.viewer.add_labels(
-                result.errors, name=ERRORS_LAYER, opacity=0.8, **geometry
-            )
+            layer = self.viewer.add_labels(result.errors, name=ERRORS_LAYER, opacity=0.8, **where)
         layer.colormap = cmap
         layer.features = {"index": [0, 1], "error": ["", "misclassified"]}
 

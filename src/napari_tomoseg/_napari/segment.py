@@ -38,6 +38,7 @@ from napari_tomoseg._napari._common import (
     check_image_layer,
     companion_path,
     current_slice,
+    geometry,
     notify_error,
     notify_info,
     session,
@@ -494,11 +495,10 @@ class SegmentWidget(QWidget):
         ):
             ly = self.viewer.layers[PREDICTION]
             ly.data = data
-            ly.scale, ly.translate = image.scale, image.translate
+            for k, v in geometry(image).items():
+                setattr(ly, k, v)
         else:
-            ly = self.viewer.add_labels(
-                data, name=PREDICTION, scale=image.scale, translate=image.translate, opacity=0.5
-            )
+            ly = self.viewer.add_labels(data, name=PREDICTION, **geometry(image), opacity=0.5)
         apply_phases(ly, phases)
         return ly
 
@@ -535,8 +535,7 @@ class SegmentWidget(QWidget):
             self.viewer.add_image(
                 uncertainty,
                 name=UNCERTAINTY,
-                scale=image.scale,
-                translate=image.translate,
+                **geometry(image),
                 colormap="magma",
                 contrast_limits=(0.0, top),
                 blending="additive",
@@ -648,9 +647,7 @@ class SegmentWidget(QWidget):
             name = "field of view"
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
-            ly = self.viewer.add_labels(
-                data, name=name, scale=layer.scale, translate=layer.translate, opacity=0.2
-            )
+            ly = self.viewer.add_labels(data, name=name, **geometry(layer), opacity=0.2)
             ly.features = {"index": [0, 1], "phase": ["outside", "inside"]}
             self.mask.set_layer(name)
             self.controls.status.setText(

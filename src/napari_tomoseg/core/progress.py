@@ -53,7 +53,9 @@ class SegmentProgress:
         return self.elapsed * (self.total - self.done) / self.done if self.done else float("nan")
 
 
-def run_to_completion(gen: Generator[E, None, R], callback: Callable[[E], object] | None = None) -> R:
+def run_to_completion(
+    gen: Generator[E, None, R], callback: Callable[[E], object] | None = None
+) -> R:
     """Drive an operation generator to its end, passing each event to ``callback``; return its result."""
     while True:
         try:
