@@ -64,6 +64,23 @@ def test_job_runs_in_worker_and_reports(qtbot, wait_job):
     assert states == [JobState.RUNNING, JobState.DONE]
 
 
+def test_progress_of_more_than_two_billion_voxels(qtbot, wait_job):
+    # a 2048^3 volume: 8.6e9 voxels, beyond the 32-bit ints of Qt's progress bars
+    runner = JobRunner("Segmenting")
+    total = 2048**3
+    bars = []
+    runner.start(
+        _counting(4),
+        total=total,
+        describe=lambda i: (
+            bars.append((runner._pbar.n, runner._pbar.total)) or (total * (i + 1) // 4, "")
+        ),
+    )
+    assert wait_job(runner) is JobState.DONE
+    n, top = bars[-1]  # as the last event arrived: 3 of 4 parts done
+    assert 0 < top < 2**31 and n == pytest.approx(3 * top / 4, rel=1e-6)
+
+
 def test_stop_cancels_the_core_operation(qtbot, wait_job):
     runner = JobRunner("Counting")
     controls = JobControls(runner)

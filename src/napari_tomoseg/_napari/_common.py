@@ -89,6 +89,9 @@ def describe_error(err: BaseException) -> str:
 # jobs
 
 
+_QT_INT_MAX = 2**31 - 1
+
+
 class JobState(enum.Enum):
     """Where a widget's job stands. Only IDLE/DONE/STOPPED/FAILED accept a new start."""
 
@@ -224,14 +227,17 @@ class JobRunner:
         assert isinstance(worker, _TokenWorker)
         worker.cancel_token = token
         self.worker, self.token, self.error = worker, token, None
-        pbar = progress(total=total or 0, desc=self.name)
+        # Qt progress bars hold 32-bit ints: count in coarser steps beyond (a 2048^3 volume
+        # has 8.6e9 voxels).
+        step = max(1, -(-(total or 0) // _QT_INT_MAX))
+        pbar = progress(total=(total or 0) // step, desc=self.name)
         self._pbar = pbar
 
         def yielded(event: Any) -> None:
             if describe is not None:
                 value, text = describe(event)
                 if value is not None and pbar.total:
-                    pbar.n = min(int(value), int(pbar.total))
+                    pbar.n = min(int(value) // step, int(pbar.total))
                     pbar.refresh()
                 if text:
                     pbar.set_description(f"{self.name}: {text}")
