@@ -93,3 +93,30 @@ def test_viewer_opens_with_the_plugin(make_napari_viewer, tmp_path, volume):
     viewer = make_napari_viewer()
     layers = viewer.open(str(path), plugin="napari-tomoseg")
     assert layers[0].name == "scan" and layers[0].scale.tolist() == [2.0, 1.0, 1.0]
+
+
+def test_ome_zarr_with_levels_opens_as_a_lazy_multiscale_image(tmp_path):
+    import dask.array as da
+    import zarr
+
+    rng = np.random.default_rng(1)
+    full = rng.integers(0, 255, size=(8, 32, 32), dtype=np.uint8)
+    root = zarr.open_group(str(tmp_path / "scan.ome.zarr"), mode="w")
+    root.create_array("0", data=full, chunks=(4, 16, 16))
+    root.create_array("1", data=full[::2, ::2, ::2], chunks=(4, 16, 16))
+    root.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
+            "datasets": [
+                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [2, 1, 1]}]},
+                {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [4, 2, 2]}]},
+            ],
+        }
+    ]
+    [(data, meta, kind)] = _read(tmp_path / "scan.ome.zarr")
+    assert kind == "image" and meta["multiscale"] is True
+    assert [d.shape for d in data] == [(8, 32, 32), (4, 16, 16)]
+    assert all(isinstance(d, da.Array) for d in data)
+    np.testing.assert_array_equal(np.asarray(data[0][3]), full[3])
+    assert meta["scale"] == pytest.approx((2.0, 1.0, 1.0))

@@ -20,6 +20,7 @@ from napari.qt.threading import create_worker
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -60,6 +61,8 @@ AXES = ("z", "y", "x")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PREDICTION = "prediction"
 UNCERTAINTY = "uncertainty"
+#: The Segment widget's default memory budget: enough for fast slabs of 2048^2 slices.
+DEFAULT_MEMORY_GB = 3.0
 #: Stores of a volume too big for memory, next to the volume's file (see core.labelstore).
 PREDICTION_STORE_SUFFIX = ".tomoseg-prediction.zarr"
 UNCERTAINTY_STORE_SUFFIX = ".tomoseg-uncertainty.zarr"
@@ -135,6 +138,16 @@ class SegmentWidget(QWidget):
         self.tile.setSingleStep(8)
         self.overlap = QSpinBox()
         self.overlap.setRange(0, 1024)
+        self.memory = QDoubleSpinBox()
+        self.memory.setRange(0.5, 4096.0)
+        self.memory.setDecimals(1)
+        self.memory.setSingleStep(0.5)
+        self.memory.setSuffix(" GB")
+        self.memory.setValue(DEFAULT_MEMORY_GB)
+        self.memory.setToolTip(
+            "Memory the segmentation may use (napari's own included): it picks how many slices are "
+            "processed at once. The volume itself is read piece by piece."
+        )
         self.keep_uncertainty = QCheckBox("Uncertainty layer (for 'next slice to correct')")
         self.keep_uncertainty.setChecked(True)
         self.preview = QPushButton("Preview slice")
@@ -161,6 +174,7 @@ class SegmentWidget(QWidget):
         form.addRow("Device", dev_row)
         form.addRow("Tile", self.tile)
         form.addRow("Overlap", self.overlap)
+        form.addRow("Memory budget", self.memory)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.keep_uncertainty)
@@ -221,6 +235,7 @@ class SegmentWidget(QWidget):
             "tile": tile,
             "overlap": min(self.overlap.value(), tile // 2),
             "device": self.device.currentText(),
+            "memory": int(self.memory.value() * 1e9),
         }
 
     def _inputs(self) -> tuple[Any, Any, Any]:
@@ -580,7 +595,7 @@ class SegmentWidget(QWidget):
             result = yield from iter_segment(
                 sub,
                 predictor,
-                InferenceConfig(**settings, block=hi - lo),
+                InferenceConfig(**{**settings, "memory": None}, block=hi - lo),
                 mask=sub_mask,
                 grey_range=grey_range,
                 cancel=token,

@@ -630,6 +630,9 @@ def _zarr_array(path: Path, dataset: str | None) -> Any:
         if not isinstance(member, zarr.Array):
             raise ValueError(f"{path} has no array {dataset!r}; it holds: {_describe_arrays(node)}")
         return member
+    full = _ome_full_resolution(node)
+    if full is not None:  # an OME-Zarr multiscale group: its first level is the volume
+        return node[full]
     arrays = [(k, a) for k, a in node.members(max_depth=None) if isinstance(a, zarr.Array)]
     if not arrays:
         raise ValueError(f"zarr group {path} holds no arrays")
@@ -640,6 +643,18 @@ def _zarr_array(path: Path, dataset: str | None) -> Any:
             "usually the full resolution"
         )
     return arrays[0][1]
+
+
+def _ome_full_resolution(group: Any) -> str | None:
+    """The path of the full-resolution array of an OME-Zarr (NGFF 0.4 / 0.5) multiscale group."""
+    attrs = group.attrs.asdict()
+    for ms in attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales") or []:
+        datasets = ms.get("datasets") or []
+        if datasets and isinstance(datasets[0], dict):
+            member = group.get(str(datasets[0].get("path", "")))
+            if isinstance(member, zarr.Array):
+                return str(datasets[0]["path"])
+    return None
 
 
 def _describe_arrays(group: Any) -> str:
@@ -851,8 +866,13 @@ def _tiff_voxel_size(path: Path) -> tuple[float, float, float] | None:
 def _zarr_voxel_size(path: Path, dataset: str | None) -> tuple[float, float, float] | None:
     arr = _zarr_array(path, dataset)
     own = _own_voxel_size(arr.attrs.get(METADATA_KEY))
-    if own is not None or dataset is None:
+    if own is not None:
         return own
+    if dataset is None:
+        node = _open_zarr(path)
+        dataset = None if isinstance(node, zarr.Array) else _ome_full_resolution(node)
+        if dataset is None:
+            return None
     # OME-Zarr (NGFF 0.4 / 0.5): the scale of `dataset` in the group's multiscales.
     group = _open_zarr(path)
     attrs = group.attrs.asdict()
