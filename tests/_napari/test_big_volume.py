@@ -55,7 +55,7 @@ def _hidden(folder):
 
 
 def test_segment_writes_a_zarr_backed_prediction(big, qtbot, wait_job, tmp_path):
-    viewer, path, volume = big
+    viewer, _path, volume = big
     widget = SegmentWidget(viewer)
     qtbot.addWidget(widget)
     grown = []
@@ -93,7 +93,7 @@ def test_segment_writes_a_zarr_backed_prediction(big, qtbot, wait_job, tmp_path)
 
 
 def test_stop_deletes_the_partial_store_and_keeps_the_previous_one(big, qtbot, wait_job, tmp_path):
-    viewer, path, volume = big
+    viewer, _path, _volume = big
     widget = SegmentWidget(viewer)
     qtbot.addWidget(widget)
     assert widget.run()
@@ -110,7 +110,7 @@ def test_stop_deletes_the_partial_store_and_keeps_the_previous_one(big, qtbot, w
 
 
 def test_segment_refuses_to_replace_a_foreign_folder(big, qtbot, errors, tmp_path):
-    viewer, path, volume = big
+    viewer, _path, _volume = big
     foreign = tmp_path / "scan.zarr.tomoseg-prediction.zarr"
     zarr.create_array(store=str(foreign), shape=(2, 2, 2), dtype=np.uint8)
     widget = SegmentWidget(viewer)
@@ -123,7 +123,7 @@ def test_segment_refuses_to_replace_a_foreign_folder(big, qtbot, errors, tmp_pat
 def test_annotations_of_a_big_volume_live_in_a_store(
     big, qtbot, wait_job, tmp_path, make_napari_viewer
 ):
-    viewer, path, volume = big
+    viewer, path, _volume = big
     seg = SegmentWidget(viewer)
     ann = AnnotateWidget(viewer)
     qtbot.addWidget(seg)
@@ -178,7 +178,7 @@ def test_annotations_of_a_big_volume_live_in_a_store(
 def test_reader_opens_the_stores_lazily(big, qtbot, wait_job, tmp_path):
     from napari_tomoseg._napari.reader import read_path
 
-    viewer, path, volume = big
+    viewer, _path, _volume = big
     widget = SegmentWidget(viewer)
     qtbot.addWidget(widget)
     assert widget.run()

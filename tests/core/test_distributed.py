@@ -112,9 +112,22 @@ def test_a_failing_block_leaves_no_output(client, tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_3d_modes_are_refused(volume_path, tmp_path, client):
+def test_3d_and_blended_modes_are_refused(volume_path, tmp_path, client):
     path, _ = volume_path
     with pytest.raises(ValueError, match="single machine"):
         segment_distributed(
-            path, tmp_path / "o.zarr", _model(), InferenceConfig(mode="2d-3axes"), client=client
+            path,
+            tmp_path / "o.zarr",
+            _model(),
+            InferenceConfig(mode="2d-3axes", stitch="blend"),
+            client=client,
         )
+
+
+def test_multi_axis_mode_is_identical_on_the_cluster(volume_path, tmp_path, client):
+    path, volume = volume_path
+    cfg = InferenceConfig(mode="2d-3axes", tile=32, overlap=16, block=5)
+    out = tmp_path / "o.zarr"
+    segment_distributed(path, out, _model(), cfg, client=client)
+    single = segment_volume(volume, _model(), InferenceConfig(mode="2d-3axes", tile=32, overlap=16))
+    np.testing.assert_array_equal(zarr.open_array(str(out))[...], single.labels)

@@ -355,8 +355,30 @@ def test_valid_and_blend_stitching_agree_on_a_real_network():
     valid = segment_volume(volume, model, InferenceConfig(stitch="valid", **cfg)).labels
     blend = segment_volume(volume, model, InferenceConfig(stitch="blend", **cfg)).labels
     assert (valid == blend).mean() > 0.97
-    with pytest.raises(ValueError, match=r"2d and 2\.5d"):
+    with pytest.raises(ValueError, match=r"2d-3axes modes, not '3d'"):
         resolve(InferenceConfig(stitch="valid", mode="3d"), _model("3d", 3), (4, 8, 8))
+
+
+def test_multi_axis_labels_do_not_depend_on_the_slab_depth_and_match_blending():
+    # A real (random) network: the z-slabs, the z-tiles of the y and x passes and the mirror padding
+    # must line up so that any slab depth gives the same labels.
+    model = TomosegModel(
+        ModularUNet(UNetConfig(ndim=2, in_channels=1, n_phases=3, base_filters=4)),
+        COMPOSITE_PHASES,
+    )
+    model.network.eval()
+    volume = np.random.default_rng(3).integers(0, 255, (45, 40, 36)).astype(np.uint8)
+    cfg = dict(mode="2d-3axes", tile=32, overlap=16, device="cpu")
+    runs = {
+        b: segment_volume(volume, model, InferenceConfig(block=b, **cfg)).labels
+        for b in (1, 7, 32, 45)
+    }
+    for b in (7, 32, 45):
+        np.testing.assert_array_equal(runs[b], runs[1])
+    auto = resolve(InferenceConfig(**cfg), model, volume.shape)
+    assert auto.stitch == "valid" and auto.block == 23  # whole z-tiles: 45 rows are 2 tiles of 23
+    blend = segment_volume(volume, model, InferenceConfig(stitch="blend", **cfg)).labels
+    assert (runs[1] == blend).mean() > 0.97
 
 
 class _FakeOOM(RuntimeError):

@@ -1,4 +1,4 @@
-"""The same 2D / 2.5D inference on a dask.distributed cluster, voxel for voxel identical.
+"""The same 2D / 2.5D / multi-axis inference on a dask.distributed cluster, voxel for voxel identical.
 
 input (zarr, HDF5, TIFF on storage every worker sees) --> slabs of slices along the slicing axis,
 one task each (the task reads its slab plus the 2.5D neighbours, its halo, straight from the
@@ -127,7 +127,15 @@ def segment_block(
     import torch
     import zarr
 
-    from .inference import _load_slab, _plane_shape, _PlaneGrid, _segment_slab_valid
+    from .inference import (
+        _load_slab,
+        _load_window,
+        _plane_shape,
+        _PlaneGrid,
+        _segment_slab_3axes,
+        _segment_slab_valid,
+        _ZGrid,
+    )
 
     if threads is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
@@ -140,18 +148,36 @@ def segment_block(
     grid = _PlaneGrid.of(plane, r.tile, r.overlap, cfg.multiple)
     i0, i1 = region
     lo, hi = grey_range
-    padded = _load_slab(volume, r, i0, i1, cfg.in_channels, lo, hi, grid)
-    labels, _ = _segment_slab_valid(
-        padded,
-        predictor,
-        grid,
-        plane,
-        n_out=cfg.n_phases,
-        batch_size=r.batch_size,
-        probabilities=False,
-        cancel=None,
-    )
-    labels = np.moveaxis(labels, 0, r.axis)
+    if r.mode == "2d-3axes":  # z-slabs; the y and x passes read their z-context from the store
+        zgrid = _ZGrid.of(shape[0], r.overlap, cfg.multiple)
+        window, p0 = _load_window(volume, zgrid, i0, i1, lo, hi)
+        probs = _segment_slab_3axes(
+            window,
+            p0,
+            i0,
+            i1,
+            predictor,
+            zgrid,
+            grid,
+            r,
+            n_out=cfg.n_phases,
+            multiple=cfg.multiple,
+            cancel=None,
+        )
+        labels = (np.argmax(probs, axis=0) + 1).astype(np.uint8)
+    else:
+        padded = _load_slab(volume, r, i0, i1, cfg.in_channels, lo, hi, grid)
+        labels, _ = _segment_slab_valid(
+            padded,
+            predictor,
+            grid,
+            plane,
+            n_out=cfg.n_phases,
+            batch_size=r.batch_size,
+            probabilities=False,
+            cancel=None,
+        )
+        labels = np.moveaxis(labels, 0, r.axis)
     out = zarr.open_array(target, mode="r+")
     where = [slice(None)] * 3
     where[r.axis] = slice(i0, i1)
@@ -209,7 +235,8 @@ def iter_segment_distributed(
     settings = resolve(config, model, shape, itemsize=np.dtype(volume.dtype).itemsize)
     if settings.stitch != "valid":
         raise ValueError(
-            f"mode {settings.mode!r} runs on a single machine only; dask runs the 2d and 2.5d modes"
+            f"mode {settings.mode!r} runs on a single machine only; dask runs the 2d, 2.5d and "
+            "2d-3axes modes"
         )
     out_path = io.check_output_path(output, overwrite=overwrite)
     grey_range = model.normalization.volume_range(volume)
