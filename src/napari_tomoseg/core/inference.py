@@ -3,8 +3,8 @@
 volume --(robust range, once)--> normalised block (slab with halo) --> overlapping tiles in batches
 --> predict (softmax) --> weighted blend --> argmax + 1 --> uint8 phases, written block by block.
 
-Memory is bounded by the block (a slab of slices for 2D / 2.5D, a cube with halos for 3D and
-multi-axis), never by the volume: probabilities exist only for the block being processed. A memory
+Memory is bounded by the block (a slab of slices for 2D, 2.5D and multi-axis, a slab with halos for
+3D, a cube with halos for blended multi-axis), never by the volume: probabilities exist only for the block being processed. A memory
 budget (``InferenceConfig.memory``) picks the block and batch sizes (:func:`plan_memory`).
 
 2D, 2.5D and the multi-axis mode default to *valid-region stitching*: each tile carries a halo of
@@ -471,7 +471,8 @@ class InferenceConfig:
         Tiles per forward pass. When None: 1 on the CPU (fastest there), on a GPU from its free
         memory (or from ``memory``).
     block : int, optional
-        Slices per slab (2D, 2.5D) or edge of the cubic blocks (3D, multi-axis); bounds memory.
+        Slices per slab (2D, 2.5D, multi-axis), per 3D slab, or edge of the cubic blocks of the
+        blended multi-axis mode; bounds memory.
         Chosen from ``memory`` when None.
     memory : int, optional
         Memory budget in bytes for the whole process (see :func:`parse_memory`); picks ``block``
@@ -479,7 +480,7 @@ class InferenceConfig:
     stitch : {"auto", "valid", "blend"}
         How tiles are joined: ``valid`` keeps each tile's centre (no blending, no probabilities
         stored; 2D and 2.5D only), ``blend`` averages overlapping tiles with linear ramps.
-        ``auto``: valid for 2D/2.5D, blend for 3D and multi-axis.
+        ``auto``: valid for 2D, 2.5D and multi-axis, blend for 3D.
     """
 
     mode: Mode | None = None
@@ -1112,7 +1113,7 @@ def _predict_region(
         probs = predict_tiled(imgs, predict, tile=r.tile, **common)  # type: ignore[arg-type]
         # (S, C, H, W) with S along r.axis -> (C, *region)
         return np.moveaxis(probs, 0, r.axis + 1)
-    # 3D and multi-axis: read the block with a halo of real neighbours on every axis.
+    # 3D and blended multi-axis: read the block with a halo of real neighbours on every axis.
     halo = r.overlap
     shape = volume.shape
     outer = tuple(
