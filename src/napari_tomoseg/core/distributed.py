@@ -8,9 +8,9 @@ store (a temporary name, renamed when every block is done) --> per-phase voxel c
 
 Why identical: the grey range is computed once on the client from the same subsample, each slab is
 read with the same mirror padding at the volume's edges only, tiles sit on a grid anchored to the
-slice, and every batch has the same number of tiles, so a tile's labels depend on nothing that
-the chunking changes. Why not ``map_overlap``: the halo of a 2D / 2.5D slab is only along the
-slicing axis and is read from the store directly, which also keeps the mirror padding at the
+volume, and every batch has the same number of tiles, so a tile's labels depend on nothing that
+the chunking changes. Why not ``map_overlap``: the halo of a slab is only along the slicing axis
+(the multi-axis mode's y and x passes read their z-context through the same anchored z-grid) and is read from the store directly, which also keeps the mirror padding at the
 volume edges (dask's ``boundary`` options differ from numpy's ``reflect`` in the corner cases).
 """
 
@@ -213,7 +213,7 @@ def iter_segment_distributed(
         write; written under a temporary name and renamed only when every block succeeded.
     model, config
         As for :func:`~napari_tomoseg.core.inference.iter_segment`; ``config.memory`` is the budget
-        of each worker. Only the 2D and 2.5D modes (valid-region stitching) are distributed.
+        of each worker. The 2D, 2.5D and multi-axis modes (valid-region stitching) are distributed.
     client, scheduler, local_cluster
         An existing ``distributed.Client``, or a scheduler address, or a number of local workers.
     threads_per_task
