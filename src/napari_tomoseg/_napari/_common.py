@@ -11,6 +11,8 @@ run in the worker thread.
 from __future__ import annotations
 
 import enum
+import gc
+import importlib
 import json
 import logging
 import os
@@ -148,6 +150,55 @@ def _lower_thread_priority() -> None:
         pass
 
 
+#: Modules a first job (or napari's first labels layer) would otherwise import on the Qt thread:
+#: torch takes about a second, pandas (napari imports it for a layer's features table) 0.4 s, zarr
+#: and scikit-image (napari imports it for the first labels layer) 0.1-0.2 s each.
+WARM_UP_MODULES = (
+    "pandas",
+    "skimage.color",  # napari, for the first labels layer
+    "skimage.exposure",
+    "zarr",
+    "napari_tomoseg.core.labelstore",
+    "torch",
+    "napari_tomoseg.core.inference",
+    "napari_tomoseg.core.finetune",
+    "napari_tomoseg.core.uncertainty",
+)
+_warm_up_thread: threading.Thread | None = None
+
+
+def warm_up() -> None:
+    """Import :data:`WARM_UP_MODULES` in a background thread, once per process (widgets call this
+    when they are created, so that clicking Run does not freeze the viewer while modules load).
+
+    Importing napari_tomoseg (what napari does when it reads the manifest) still imports no torch:
+    only creating a widget starts this."""
+    global _warm_up_thread
+    if _warm_up_thread is not None:
+        return
+
+    def run() -> None:
+        _lower_thread_priority()
+        for name in WARM_UP_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception as err:  # the job that needs it will report the problem
+                log.debug("warm-up import of %s failed: %s", name, err)
+
+    _warm_up_thread = threading.Thread(target=run, name="tomoseg-warm-up")
+    _warm_up_thread.start()
+
+
+def freeze_long_lived_objects() -> None:
+    """Move every object alive now out of the garbage collector's sight (``gc.freeze``).
+
+    napari, Qt and torch hold about half a million container objects; a full collection walks them
+    all and holds the GIL for about 0.2 s, freezing the viewer mid-job. They live as long as the
+    viewer, so after this each collection only walks what was created since. Called when a job
+    delivers its first event (torch and the model are loaded by then)."""
+    gc.freeze()
+
+
 def _relay(make: Callable[[CancelToken], Generator[Any, None, Any]], token: CancelToken) -> Any:
     """Worker-thread body: build the core generator (imports torch, loads models...) and relay it."""
     _lower_thread_priority()
@@ -189,6 +240,7 @@ class JobRunner:
         #: True once the current worker has emitted ``finished`` (its thread is done).
         self.worker_finished = True
         self._listeners: list[Callable[[JobState], None]] = []
+        warm_up()  # a widget with a job to run was made: load what its first run needs
 
     # state -----------------------------------------------------------------------------------
     @property
@@ -233,7 +285,12 @@ class JobRunner:
         pbar = progress(total=(total or 0) // step, desc=self.name)
         self._pbar = pbar
 
+        first = [True]
+
         def yielded(event: Any) -> None:
+            if first[0]:
+                first[0] = False
+                freeze_long_lived_objects()
             if describe is not None:
                 value, text = describe(event)
                 if value is not None and pbar.total:

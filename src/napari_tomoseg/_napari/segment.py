@@ -287,7 +287,9 @@ class SegmentWidget(QWidget):
         shown = np.zeros(shape, np.uint8)
         uncertainty = np.zeros(shape, np.float16) if keep_uncertainty else None
         previous = self._take_prediction()
-        state: dict[str, Any] = {"layer": None}
+        # The layer is shown now, while the CPU is free: its first draw (shader compilation, in
+        # software OpenGL a good fraction of a second) must not compete with the network.
+        state: dict[str, Any] = {"layer": self._show_prediction(shown, layer, phases)}
 
         def job(token: Any) -> Generator[Any, None, Any]:
             from napari_tomoseg.core.inference import InferenceConfig, Predictor, iter_segment
@@ -312,18 +314,14 @@ class SegmentWidget(QWidget):
             return model, result
 
         def on_yield(ev: Any) -> None:
-            layer_p = state["layer"]
-            if layer_p is None:
-                layer_p = self._show_prediction(shown, layer, phases)
-                state["layer"] = layer_p
             shown[ev.region] = out[ev.region]
-            layer_p.refresh()
+            state["layer"].refresh()
 
         def on_return(res: Any) -> None:
             model, result = res
-            layer_p = state["layer"] or self._show_prediction(shown, layer, phases)
+            layer_p = state["layer"]
             shown[...] = out
-            layer_p.data = shown
+            layer_p.refresh()
             self._finish(layer_p, layer, model, result, uncertainty, state.get("scores"))
 
         def restore(*_: Any) -> None:
