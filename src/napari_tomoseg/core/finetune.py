@@ -72,9 +72,11 @@ class FinetuneConfig:
     base_filters : int
         Width of a model trained from scratch (``base=None``).
     mode : {"2d", "2.5d", "3d"} or None
-        Mode of a model trained from scratch. With a base model it must match the base model's,
-        except that a 2D base can be extended to 2.5D (``"2.5d"``: it then also sees the neighbouring
-        slices).
+        Mode of a model trained from scratch (None: 2D). With a base model it must match the base
+        model's, except that a 2D base is extended to 2.5D: it then also sees the two neighbouring
+        slices, starting as the 2D model. None does that for a 2D base (on the shifted-domain
+        benchmark, 3 slices, 120 s: mean Jaccard 0.883 against 0.870 for 2D, and the random forest's
+        0.875) and keeps the mode of any other base; ``"2d"`` keeps a 2D base 2D.
     """
 
     budget: float | None = 120.0
@@ -304,10 +306,7 @@ def plan_finetune(
         )
     if base is not None:
         mode = base.defaults.mode
-        inflate = (
-            _mode_family(mode) == "2d" and config.mode == "2.5d" and base.config.in_channels == 1
-        )
-        if inflate:
+        if _extends_to_slices(base, config):
             notes.append(
                 "the 2D base model is extended to 2.5D: it sees 3 neighbouring slices and starts "
                 "as the 2D model (the neighbours' weights start at 0 and are learnt)"
@@ -369,6 +368,16 @@ def plan_finetune(
         counts=tuple(int(c) for c in counts[1 : len(table) + 1]),
         crop=crop,
         notes=tuple(notes),
+    )
+
+
+def _extends_to_slices(base: Any, config: FinetuneConfig) -> bool:
+    """True if fine-tuning turns the 2D (one-slice) ``base`` into a 2.5D model."""
+    return (
+        config.mode in (None, "2.5d")
+        and _mode_family(base.defaults.mode) == "2d"
+        and base.config.in_channels == 1
+        and base.config.ndim == 2
     )
 
 
@@ -499,7 +508,7 @@ def _initial_model(base: Any, plan: FinetunePlan, config: FinetuneConfig) -> Any
         )
     network = copy.deepcopy(base.network).to("cpu")
     defaults = base.defaults
-    if config.mode == "2.5d" and network.cfg.in_channels == 1 and network.cfg.ndim == 2:
+    if _extends_to_slices(base, config):
         network = inflate_to_slices(network, 3, spread=INFLATE_SPREAD)
         defaults = replace(defaults, mode="2.5d")
     if plan.replace_head:
