@@ -138,7 +138,11 @@ def run_seed(seed: int, args: argparse.Namespace, base: Any) -> dict[str, Any]:
             annotations,
             base=base,
             config=FinetuneConfig(
-                budget=args.budget, steps=args.steps, seed=args.seed, mode=args.mode
+                budget=args.budget,
+                steps=args.steps,
+                seed=args.seed,
+                mode=args.mode,
+                context_slices=args.context_slices,
             ),
         )
         train_seconds = time.perf_counter() - t0
@@ -200,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--suggest", action="store_true", help="also fine-tune on the k most uncertain slices"
     )
+    ap.add_argument(
+        "--context-slices", type=int, default=5, help="slices a 2.5D fine-tuned model sees"
+    )
     ap.add_argument("--no-rf", action="store_true", help="skip the random forest")
     ap.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     args = ap.parse_args(argv)
@@ -228,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "shape": args.shape,
         "threads": torch.get_num_threads(),
         "mode": args.mode,
+        "context_slices": args.context_slices,
         "before": summarise(runs, "before", names, "even"),
         "after": summarise(runs, "after", names, "even"),
         "bin_mean": summarise(runs, "bin", names, "even")["mean"],

@@ -208,7 +208,7 @@ def test_from_scratch_trains_a_new_model(phantom) -> None:
     result = finetune(
         phantom.volume, ann, base=None, config=replace(FAST, base_filters=2, mode="2.5d")
     )
-    assert result.model.config.in_channels == 3 and result.model.defaults.mode == "2.5d"
+    assert result.model.config.in_channels == FAST.context_slices == 5 and result.model.defaults.mode == "2.5d"
     assert result.model.provenance["fine_tuned_from"] == "scratch"
 
 
@@ -261,7 +261,14 @@ def test_a_2d_base_model_can_be_fine_tuned_as_2p5d(phantom, base) -> None:
     assert any("extended to 2.5D" in n for n in plan.notes)
     result = finetune(phantom.volume, ann, base=base, config=replace(FAST, mode="2.5d"))
     model = result.model
-    assert model.config.in_channels == 3 and model.defaults.mode == "2.5d"
+    assert model.config.in_channels == 5 and model.defaults.mode == "2.5d"
     assert base.config.in_channels == 1 and base.defaults.mode == "2d"
+    # the default (mode None) extends a 2D base too; "2d" keeps it 2D; 3 context slices on request
+    plain = finetune(phantom.volume, ann, base=base, config=replace(FAST, mode="2d"))
+    assert plain.model.config.in_channels == 1 and plain.model.defaults.mode == "2d"
+    three = finetune(phantom.volume, ann, base=base, config=replace(FAST, context_slices=3))
+    assert three.model.config.in_channels == 3 and three.model.defaults.mode == "2.5d"
+    with pytest.raises(ValueError, match="odd and >= 3"):
+        FinetuneConfig(context_slices=4)
     labels = segment_volume(phantom.volume, model).labels
     assert labels.shape == phantom.labels.shape and set(np.unique(labels)) <= {1, 2, 3}
