@@ -163,3 +163,21 @@ def test_train_with_a_step_budget_is_bitwise_reproducible(data, tmp_path):
         assert main([*argv, "--steps", "2", "--seed", "9", "--threads", "1"]) == 0
     a, b = (load_file(str(p)) for p in paths)
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def test_context_slices_must_be_odd(tmp_path, capsys):
+    from napari_tomoseg.cli import main
+
+    vol = tmp_path / "v.npy"
+    ann = tmp_path / "a.npy"
+    np.save(vol, np.random.default_rng(0).integers(0, 255, (8, 32, 32), dtype=np.uint8))
+    labels = np.zeros((8, 32, 32), np.uint8)
+    labels[3, :16] = 1
+    labels[3, 16:] = 2
+    np.save(ann, labels)
+    out = tmp_path / "m.safetensors"
+    rc = main(
+        ["train", str(vol), "-a", str(ann), "-o", str(out), "--steps", "1", "--context-slices", "4"]
+    )
+    assert rc != 0 and "odd and >= 3" in capsys.readouterr().err
+    assert not out.exists()

@@ -121,6 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         axis=axis,
         seed=args.seed,
         mode=args.mode,
+        context_slices=args.context_slices,
         patience=args.patience,
     )
     _set_threads(args.threads)
@@ -208,7 +209,16 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--mode",
         choices=["2d", "2.5d", "3d"],
-        help="mode of a --scratch model; 2.5d also extends a 2D base model to see neighbouring slices",
+        help=(
+            "mode of a --scratch model (default 2d); a 2D base model becomes 2.5D (it also sees "
+            "neighbouring slices) unless --mode 2d"
+        ),
+    )
+    p.add_argument(
+        "--context-slices",
+        type=int,
+        default=5,
+        help="slices a 2.5D model sees: the slice and its neighbours (odd, default 5)",
     )
     p.add_argument("--slices", help="use only these annotated slices, e.g. z:10,50,90")
     p.add_argument("--budget", help="optimisation time, e.g. 120s or 5m (default 120s)")
