@@ -316,8 +316,8 @@ def plan_finetune(
         mode = base.defaults.mode
         if _extends_to_slices(base, config):
             notes.append(
-                f"the 2D base model is extended to 2.5D: it sees {config.context_slices} "
-                "neighbouring slices and starts "
+                f"the 2D base model is extended to 2.5D: it sees {config.context_slices} slices "
+                "(the slice and its neighbours) and starts "
                 "as the 2D model (the neighbours' weights start at 0 and are learnt)"
             )
         elif config.mode is not None and _mode_family(config.mode) != _mode_family(mode):
