@@ -208,7 +208,10 @@ def test_from_scratch_trains_a_new_model(phantom) -> None:
     result = finetune(
         phantom.volume, ann, base=None, config=replace(FAST, base_filters=2, mode="2.5d")
     )
-    assert result.model.config.in_channels == FAST.context_slices == 5 and result.model.defaults.mode == "2.5d"
+    assert (
+        result.model.config.in_channels == FAST.context_slices == 5
+        and result.model.defaults.mode == "2.5d"
+    )
     assert result.model.provenance["fine_tuned_from"] == "scratch"
 
 
