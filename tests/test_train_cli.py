@@ -181,3 +181,16 @@ def test_context_slices_must_be_odd(tmp_path, capsys):
     )
     assert rc != 0 and "odd and >= 3" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_plan_notes_are_printed_once(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    vol, ann = tmp_path / "v.npy", tmp_path / "a.npy"
+    np.save(vol, rng.integers(0, 255, (8, 32, 32), dtype=np.uint8))
+    labels = np.zeros((8, 32, 32), np.uint8)
+    labels[3, :16], labels[3, 16:] = 1, 2
+    np.save(ann, labels)
+    out = tmp_path / "m.safetensors"
+    assert main(["train", str(vol), "-a", str(ann), "-o", str(out), "--steps", "1"]) == 0
+    seen = capsys.readouterr()
+    assert (seen.out + seen.err).count("extended to 2.5D") == 1

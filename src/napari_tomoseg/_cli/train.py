@@ -7,6 +7,7 @@ volume + annotations (+ base model) -> plan (printed notes) -> fine-tuning with 
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import time
 from pathlib import Path
@@ -136,7 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     for note in plan.notes:
         print(f"note: {note}")
-    result = _run(volume, annotations, base, phases, config, args.device)
+    result = _run(volume, annotations, base, phases, config, args.device, plan.notes)
     model = result.model
     model.provenance["annotations_file"] = str(args.annotations)
     model.provenance["volume_file"] = str(args.input)
@@ -156,7 +157,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _run(
-    volume: Any, annotations: np.ndarray, base: Any, phases: Any, config: Any, device: str
+    volume: Any,
+    annotations: np.ndarray,
+    base: Any,
+    phases: Any,
+    config: Any,
+    device: str,
+    notes: Any = (),
 ) -> Any:
     from tqdm import tqdm
 
@@ -177,6 +184,10 @@ def _run(
         cancel=CancelToken(),
         device=device,
     )
+    # The plan's notes were printed already; the core logs them again for library users.
+    core_log = logging.getLogger("napari_tomoseg.core.finetune")
+    printed = _DropMessages(notes)
+    core_log.addFilter(printed)
     try:
         while True:
             try:
@@ -190,6 +201,18 @@ def _run(
             bar.set_postfix(post, refresh=True)
     finally:
         bar.close()
+        core_log.removeFilter(printed)
+
+
+class _DropMessages(logging.Filter):
+    """Drop log records whose message is one of ``messages``."""
+
+    def __init__(self, messages: Any) -> None:
+        super().__init__()
+        self.messages = set(messages)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in self.messages
 
 
 def register(sub: Any) -> None:
