@@ -157,8 +157,7 @@ WARM_UP_MODULES = (
     "pandas",
     "skimage.color",  # napari, for the first labels layer
     "skimage.exposure",
-    "zarr",
-    "napari_tomoseg.core.labelstore",
+    "napari_tomoseg.core.labelstore",  # and zarr
     "torch",
     "napari_tomoseg.core.inference",
     "napari_tomoseg.core.finetune",
@@ -549,6 +548,12 @@ def geometry(like: Layer | None) -> dict[str, Any]:
     if like is None:
         return {}
     return {"scale": like.scale, "translate": like.translate, "units": like.units}
+
+
+def voxel_size(layer: Layer) -> tuple[float, float, float] | None:
+    """The voxel size (µm) of a layer, from its ``scale``; None when napari's default (1, 1, 1)."""
+    scale = tuple(float(s) for s in layer.scale)
+    return scale if scale != (1.0, 1.0, 1.0) else None  # type: ignore[return-value]
 
 
 def upsert_labels(

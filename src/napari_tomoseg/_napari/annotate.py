@@ -48,6 +48,7 @@ from napari_tomoseg._napari._common import (
     notify_info,
     notify_warning,
     session,
+    voxel_size,
 )
 from napari_tomoseg.core.phases import DEFAULT_COLOURS, Phase, PhaseTable
 
@@ -370,9 +371,7 @@ class AnnotateWidget(QWidget):
             n = summarize_labels(data).labelled
             return data, f"Restored {n:,} annotated voxels from {path}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        scale = tuple(float(s) for s in image.scale)
-        voxel = scale if scale != (1.0, 1.0, 1.0) else None
-        return create_store(path, shape, phases=self.phases, voxel_size=voxel), None
+        return create_store(path, shape, phases=self.phases, voxel_size=voxel_size(image)), None
 
     def _restore(self, image: Any, data: np.ndarray) -> str | None:
         path = autosave_path(image, self.autosave_folder)
@@ -492,8 +491,7 @@ class AnnotateWidget(QWidget):
             return self._save_store(layer, phases)
         path = autosave_path(image, self.autosave_folder)
         data = np.array(layer.data, dtype=np.uint8, copy=True)
-        scale = tuple(float(s) for s in layer.scale)
-        voxel = scale if scale != (1.0, 1.0, 1.0) else None
+        voxel = voxel_size(layer)
 
         def job(token: Any) -> Generator[None, None, Path]:
             from napari_tomoseg.core.io import write_labels

@@ -43,6 +43,8 @@ from napari_tomoseg._napari._common import (
     notify_error,
     notify_info,
     session,
+    upsert_labels,
+    voxel_size,
 )
 from napari_tomoseg._napari._models import ModelChooser, ModelInfo
 
@@ -324,13 +326,19 @@ class SegmentWidget(QWidget):
             layer_p.refresh()
             self._finish(layer_p, layer, model, result, uncertainty, state.get("scores"))
 
+        self._start(job, on_yield, on_return, self._restorer(previous, state), shape)
+        return True
+
+    def _restorer(self, previous: Any, state: dict[str, Any]) -> Any:
+        """What a stopped or failed run calls: put ``previous`` (see :meth:`_take_prediction`) back
+        into the layer the run showed (``state["layer"]``)."""
+
         def restore(*_: Any) -> None:
             self._restore_prediction(previous, state["layer"])
             if self.runner.state is not JobState.FAILED:
                 self.controls.status.setText("Stopped; the previous prediction was kept")
 
-        self._start(job, on_yield, on_return, restore, shape)
-        return True
+        return restore
 
     def _start(
         self, job: Any, on_yield: Any, on_return: Any, restore: Any, shape: tuple[int, ...]
@@ -414,8 +422,7 @@ class SegmentWidget(QWidget):
         ``prediction`` layer shows the store as it fills. A stopped or failed run deletes the
         partial store and leaves the previous prediction as it was."""
         shape = tuple(int(s) for s in volume.shape)
-        voxel = tuple(float(v) for v in layer.scale)
-        voxel_size = voxel if voxel != (1.0, 1.0, 1.0) else None
+        voxel = voxel_size(layer)
         previous = self._take_prediction()
         state: dict[str, Any] = {"layer": None, "out": None, "last_refresh": 0.0}
 
@@ -436,7 +443,7 @@ class SegmentWidget(QWidget):
                         stores["prediction"],
                         shape,
                         phases=model.phases,
-                        voxel_size=voxel_size,
+                        voxel_size=voxel,
                         chunks=LABEL_CHUNKS,
                         overwrite=True,
                     )
@@ -448,7 +455,7 @@ class SegmentWidget(QWidget):
                             stores["uncertainty"],
                             shape,
                             kind="volume",
-                            voxel_size=voxel_size,
+                            voxel_size=voxel,
                             chunks=LABEL_CHUNKS,
                             overwrite=True,
                         )
@@ -487,12 +494,7 @@ class SegmentWidget(QWidget):
             self._finish(layer_p, layer, model, result, uncertainty, scores)
             layer_p.metadata["tomoseg_store"] = str(stores["prediction"])
 
-        def restore(*_: Any) -> None:
-            self._restore_prediction(previous, state["layer"])
-            if self.runner.state is not JobState.FAILED:
-                self.controls.status.setText("Stopped; the previous prediction was kept")
-
-        self._start(job, on_yield, on_return, restore, shape)
+        self._start(job, on_yield, on_return, self._restorer(previous, state), shape)
 
     def _take_prediction(self) -> Any:
         """Remember the current prediction layer's data so a failed run can put it back."""
@@ -501,19 +503,8 @@ class SegmentWidget(QWidget):
             return (ly.data, dict(ly.metadata))
         return None
 
-    def _show_prediction(self, data: np.ndarray, image: Any, phases: Any) -> Any:
-        if (
-            PREDICTION in self.viewer.layers
-            and self.viewer.layers[PREDICTION]._type_string == "labels"
-        ):
-            ly = self.viewer.layers[PREDICTION]
-            ly.data = data
-            for k, v in geometry(image).items():
-                setattr(ly, k, v)
-        else:
-            ly = self.viewer.add_labels(data, name=PREDICTION, **geometry(image), opacity=0.5)
-        apply_phases(ly, phases)
-        return ly
+    def _show_prediction(self, data: Any, image: Any, phases: Any) -> Any:
+        return upsert_labels(self.viewer, PREDICTION, data, like=image, phases=phases, opacity=0.5)
 
     def _restore_prediction(self, previous: Any, added: Any) -> None:
         if added is None:
