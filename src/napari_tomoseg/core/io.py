@@ -614,7 +614,12 @@ def _open_zarr(path: Path) -> Any:
 
 
 def _zarr_array(path: Path, dataset: str | None) -> Any:
-    node = _open_zarr(path)
+    return _array_in(_open_zarr(path), path, dataset)
+
+
+def _array_in(node: Any, path: Path, dataset: str | None) -> Any:
+    """The array ``dataset`` of the opened zarr ``node`` (the node itself, or its only array, or an
+    OME-Zarr group's full resolution when ``dataset`` is None)."""
     if isinstance(node, zarr.Array):
         if dataset:
             raise ValueError(
@@ -645,10 +650,17 @@ def _zarr_array(path: Path, dataset: str | None) -> Any:
     return arrays[0][1]
 
 
+def _multiscales(group: Any) -> list[dict[str, Any]]:
+    """The ``multiscales`` entries of an OME-Zarr group (NGFF 0.4 keeps them at the top of the
+    attributes, 0.5 under ``ome``); [] for anything else."""
+    attrs = group.attrs.asdict()
+    found = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales") or []
+    return [ms for ms in found if isinstance(ms, dict)]
+
+
 def _ome_full_resolution(group: Any) -> str | None:
     """The path of the full-resolution array of an OME-Zarr (NGFF 0.4 / 0.5) multiscale group."""
-    attrs = group.attrs.asdict()
-    for ms in attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales") or []:
+    for ms in _multiscales(group):
         datasets = ms.get("datasets") or []
         if datasets and isinstance(datasets[0], dict):
             member = group.get(str(datasets[0].get("path", "")))
@@ -864,19 +876,13 @@ def _tiff_voxel_size(path: Path) -> tuple[float, float, float] | None:
 
 
 def _zarr_voxel_size(path: Path, dataset: str | None) -> tuple[float, float, float] | None:
-    arr = _zarr_array(path, dataset)
-    own = _own_voxel_size(arr.attrs.get(METADATA_KEY))
-    if own is not None:
-        return own
-    if dataset is None:
-        node = _open_zarr(path)
-        dataset = None if isinstance(node, zarr.Array) else _ome_full_resolution(node)
-        if dataset is None:
-            return None
-    # OME-Zarr (NGFF 0.4 / 0.5): the scale of `dataset` in the group's multiscales.
     group = _open_zarr(path)
-    attrs = group.attrs.asdict()
-    for ms in attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales") or []:
+    own = _own_voxel_size(_array_in(group, path, dataset).attrs.get(METADATA_KEY))
+    if own is not None or isinstance(group, zarr.Array):
+        return own
+    dataset = dataset if dataset is not None else _ome_full_resolution(group)
+    # OME-Zarr (NGFF 0.4 / 0.5): the scale of `dataset` in the group's multiscales.
+    for ms in _multiscales(group):
         axes = [a.get("name") if isinstance(a, dict) else a for a in ms.get("axes", [])]
         units = [a.get("unit") if isinstance(a, dict) else None for a in ms.get("axes", [])]
         for ds in ms.get("datasets", []):
@@ -1438,18 +1444,9 @@ def streaming_output(
         raise ValueError(f"output shape must be 3 positive sizes (z, y, x), got {shp}")
     voxel = _check_voxel_size(voxel_size)
     meta = _metadata(kind, shp, voxel, phases if kind == "labels" else None)
-    ch = tuple(min(int(c), s) for c, s in zip(chunks or _ZARR_CHUNKS, shp, strict=True))
 
     def create(store: Path) -> Any:
-        return zarr.create_array(
-            store=str(store),
-            shape=shp,
-            dtype=np.uint8,
-            chunks=ch,
-            fill_value=0,
-            attributes={METADATA_KEY: meta},
-            dimension_names=("z", "y", "x"),
-        )
+        return _uint8_store(store, shp, chunks or _ZARR_CHUNKS, meta)
 
     if p.suffix.lower() == ".zarr":
         with _atomic_output(p, overwrite=overwrite, folder=True) as tmp:
@@ -1466,6 +1463,21 @@ def streaming_output(
             write_volume(p, arr, voxel_size=voxel, overwrite=overwrite, compress=True)
     finally:
         _remove(scratch)
+
+
+def _uint8_store(
+    store: Path, shape: tuple[int, ...], chunks: Sequence[int], meta: dict[str, Any]
+) -> Any:
+    """A new uint8 zarr v3 array of zeros (nothing stored until written) with our metadata."""
+    return zarr.create_array(
+        store=str(store),
+        shape=shape,
+        dtype=np.uint8,
+        chunks=tuple(min(int(c), s) for c, s in zip(chunks, shape, strict=True)),
+        fill_value=0,
+        attributes={METADATA_KEY: meta},
+        dimension_names=("z", "y", "x"),
+    )
 
 
 def storage_chunks(arr: Any) -> tuple[int, ...] | None:
@@ -1581,8 +1593,7 @@ def _ome_levels(path: Path) -> list[Any]:
     node = _open_zarr(path)
     if isinstance(node, zarr.Array):
         return []
-    attrs = node.attrs.asdict()
-    for ms in attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales") or []:
+    for ms in _multiscales(node):
         arrays = []
         for ds in ms.get("datasets", []):
             member = node.get(ds.get("path", ""))

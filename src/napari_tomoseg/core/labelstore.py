@@ -113,19 +113,8 @@ def create_store(
     shp = tuple(int(s) for s in shape)
     if len(shp) != 3 or min(shp) < 1:
         raise ValueError(f"a label store needs a 3D shape (z, y, x), got {shp}")
-    vs = tuple(float(v) for v in voxel_size) if voxel_size is not None else None
-    if vs is not None and len(vs) != 3:
-        raise ValueError(f"voxel size must have 3 values (z, y, x), got {vs}")
-    meta = io._metadata(kind, shp, vs, phases)  # type: ignore[arg-type]
-    return zarr.create_array(
-        store=str(p),
-        shape=shp,
-        dtype=np.uint8,
-        chunks=tuple(min(int(c), s) for c, s in zip(chunks, shp, strict=True)),
-        fill_value=0,
-        attributes={io.METADATA_KEY: meta},
-        dimension_names=("z", "y", "x"),
-    )
+    meta = io._metadata(kind, shp, io._check_voxel_size(voxel_size), phases)
+    return io._uint8_store(p, shp, chunks, meta)
 
 
 def open_store(
