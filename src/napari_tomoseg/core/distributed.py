@@ -9,9 +9,10 @@ store (a temporary name, renamed when every block is done) --> per-phase voxel c
 Why identical: the grey range is computed once on the client from the same subsample, each slab is
 read with the same mirror padding at the volume's edges only, tiles sit on a grid anchored to the
 volume, and every batch has the same number of tiles, so a tile's labels depend on nothing that
-the chunking changes. Why not ``map_overlap``: the halo of a slab is only along the slicing axis
-(the multi-axis mode's y and x passes read their z-context through the same anchored z-grid) and is read from the store directly, which also keeps the mirror padding at the
-volume edges (dask's ``boundary`` options differ from numpy's ``reflect`` in the corner cases).
+the chunking changes (the multi-axis mode's y and x passes read their z-context through the same
+volume-anchored z-grid). Why not ``map_overlap``: the halo of a slab is only along the slicing axis
+and is read from the store directly, which also keeps the mirror padding at the volume edges
+(dask's ``boundary`` options differ from numpy's ``reflect`` in the corner cases).
 """
 
 from __future__ import annotations
@@ -150,10 +151,8 @@ def segment_block(
     lo, hi = grey_range
     if r.mode == "2d-3axes":  # z-slabs; the y and x passes read their z-context from the store
         zgrid = _ZGrid.of(shape[0], r.overlap, cfg.multiple)
-        window, p0 = _load_window(volume, zgrid, i0, i1, lo, hi)
         probs = _segment_slab_3axes(
-            window,
-            p0,
+            _load_window(volume, zgrid, i0, i1, lo, hi),
             i0,
             i1,
             predictor,

@@ -4,8 +4,9 @@ volume --(robust range, once)--> normalised block (slab with halo) --> overlappi
 --> predict (softmax) --> weighted blend --> argmax + 1 --> uint8 phases, written block by block.
 
 Memory is bounded by the block (a slab of slices for 2D, 2.5D and multi-axis, a slab with halos for
-3D, a cube with halos for blended multi-axis), never by the volume: probabilities exist only for the block being processed. A memory
-budget (``InferenceConfig.memory``) picks the block and batch sizes (:func:`plan_memory`).
+3D, a cube with halos for blended multi-axis), never by the volume: probabilities exist only for
+the block being processed. A memory budget (``InferenceConfig.memory``) picks the block and batch
+sizes (:func:`plan_memory`).
 
 2D, 2.5D and the multi-axis mode default to *valid-region stitching*: each tile carries a halo of
 ``overlap // 2`` mirrored or real context on every side and only its centre is kept, so nothing is
@@ -13,7 +14,7 @@ blended (2D and 2.5D take the argmax per tile). Tiles sit on a grid anchored to 
 batches always have the same shape, so the labels do not depend on the block size (which
 :mod:`.distributed` relies on). The multi-axis mode segments z-slabs: the slab's z-slices whole, and
 its y- and x-slices cut into short tiles along z (:data:`ORTHO_TILE`) on a z-grid anchored to the
-volume, so the three passes cost about 4x one 2D pass rather than recomputing wide halos.
+volume, so the three passes cost about five 2D passes rather than recomputing wide halos.
 A reader thread loads and normalises the next slab while the network runs on the current one.
 """
 
@@ -478,8 +479,8 @@ class InferenceConfig:
         Memory budget in bytes for the whole process (see :func:`parse_memory`); picks ``block``
         and ``batch_size``. Too small for one tile: a ValueError names the minimum.
     stitch : {"auto", "valid", "blend"}
-        How tiles are joined: ``valid`` keeps each tile's centre (no blending, no probabilities
-        stored; 2D and 2.5D only), ``blend`` averages overlapping tiles with linear ramps.
+        How tiles are joined: ``valid`` keeps each tile's centre (no blending; 2D, 2.5D and
+        multi-axis), ``blend`` averages overlapping tiles with linear ramps.
         ``auto``: valid for 2D, 2.5D and multi-axis, blend for 3D.
     """
 
@@ -558,13 +559,14 @@ _ACTIVATION_BYTES_PER_FILTER = 80
 #: Slices per 2D slab at most: 8 on the CPU (one tile per pass, so bigger slabs gain nothing and the
 #: reader thread's second slab costs memory), 32 on a GPU (tiles of several slices fill a batch).
 _MAX_BLOCK_2D = 8
+_MAX_BLOCK_2D_GPU = 32
 #: Core length along z of the tiles of the y and x passes of the multi-axis mode (the slab depth is
 #: rounded to a multiple of it, so slabs and tiles line up).
 ORTHO_TILE = 32
-#: Slab depth cap of the multi-axis mode on the CPU, and y/x slices per batch of its y and x passes.
+#: Slab depth cap of the multi-axis mode on the CPU (4x on a GPU), and the y- or x-slices its y and
+#: x passes segment together.
 _MAX_BLOCK_3AXES = 64
 _ORTHO_GROUP = 16
-_MAX_BLOCK_2D_GPU = 32
 #: On the CPU one tile per forward pass is fastest: measured on 2 cores with the bundled model and
 #: 544^2 tiles, 0.31 s per tile at batch 1, 0.36 at 2 and 0.42 at 4 (activations fall out of cache).
 _CPU_BATCH = 1
@@ -691,11 +693,11 @@ def plan_memory(
         halo = overlap // 2
         _, cz, sz = _plane_tiling(shape[0], ORTHO_TILE, halo, cfg.multiple)
         # per slab slice: the window read and normalised (twice: prefetch), the z-pass input and
-        # probabilities, the accumulator, labels; the window's extra rows are fixed.
+        # probabilities, the accumulator, labels. Fixed: the window's rows beyond the slab (the
+        # z-halo of the y and x passes, twice) and one group of y- or x-slices in flight.
         per_unit = plane * (2 * (itemsize + 4) + 4 + 8 * c + 2 + probs)
-        fixed = 2 * (sz - cz + cz) * plane * (itemsize + 4)
-        group = _ORTHO_GROUP * max(h, w) * (cz + sz) * (4 + 4 * c)
-        fixed += group
+        fixed = 2 * (sz - cz) * plane * (itemsize + 4)
+        fixed += _ORTHO_GROUP * max(h, w) * (cz + sz) * (4 + 4 * c)
         tile_vox = max(
             _plane_tiling(h, tile, halo, cfg.multiple)[2]
             * _plane_tiling(w, tile, halo, cfg.multiple)[2],
@@ -990,8 +992,7 @@ def _load_window(
 
 
 def _segment_slab_3axes(
-    window: npt.NDArray[np.float32],
-    p0: int,
+    data: tuple[npt.NDArray[np.float32], int],
     z0: int,
     z1: int,
     predict: Predictor | PredictFn,
@@ -1003,7 +1004,9 @@ def _segment_slab_3axes(
     multiple: int,
     cancel: CancelToken | None,
 ) -> npt.NDArray[np.float32]:
-    """(C, z1 - z0, Y, X) probabilities of slab ``z0 .. z1``: the mean of a z-, a y- and an x-pass."""
+    """(C, z1 - z0, Y, X) probabilities of slab ``z0 .. z1`` from its window (what
+    :func:`_load_window` returned): the mean of a z-, a y- and an x-pass."""
+    window, p0 = data
     _, ny, nx = window.shape
     h = zgrid.halo
     common = dict(n_out=n_out, batch_size=r.batch_size, probabilities=True, cancel=cancel)
@@ -1232,10 +1235,8 @@ def iter_segment(
     def compute(region: tuple[slice, slice, slice], data: Any) -> tuple[Any, Any]:
         if three_axes:
             assert zgrid is not None
-            window, p0 = data
             probs = _segment_slab_3axes(
-                window,
-                p0,
+                data,
                 region[0].start,
                 region[0].stop,
                 predictor,
