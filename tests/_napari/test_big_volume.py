@@ -50,6 +50,15 @@ def _core_labels(volume):
     return segment_volume(volume, model, InferenceConfig(tile=512, overlap=32, device="cpu")).labels
 
 
+def _segmented(viewer, qtbot, wait_job):
+    """A Segment widget that has segmented the viewer's volume once, successfully."""
+    widget = SegmentWidget(viewer)
+    qtbot.addWidget(widget)
+    assert widget.run()
+    assert wait_job(widget.runner) is JobState.DONE
+    return widget
+
+
 def _hidden(folder):
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
@@ -94,10 +103,7 @@ def test_segment_writes_a_zarr_backed_prediction(big, qtbot, wait_job, tmp_path)
 
 def test_stop_deletes_the_partial_store_and_keeps_the_previous_one(big, qtbot, wait_job, tmp_path):
     viewer, _path, _volume = big
-    widget = SegmentWidget(viewer)
-    qtbot.addWidget(widget)
-    assert widget.run()
-    assert wait_job(widget.runner) is JobState.DONE
+    widget = _segmented(viewer, qtbot, wait_job)
     before = np.asarray(viewer.layers[PREDICTION].data).copy()
     assert widget.run()
     widget.controls.stop_button.click()
@@ -124,12 +130,9 @@ def test_annotations_of_a_big_volume_live_in_a_store(
     big, qtbot, wait_job, tmp_path, make_napari_viewer
 ):
     viewer, path, _volume = big
-    seg = SegmentWidget(viewer)
+    seg = _segmented(viewer, qtbot, wait_job)
     ann = AnnotateWidget(viewer)
-    qtbot.addWidget(seg)
     qtbot.addWidget(ann)
-    assert seg.run()
-    assert wait_job(seg.runner) is JobState.DONE
     layer = ann.ensure_layer()
     store = tmp_path / "scan.zarr.tomoseg-annotations.zarr"
     assert isinstance(layer.data, zarr.Array) and store.is_dir()
@@ -179,10 +182,7 @@ def test_reader_opens_the_stores_lazily(big, qtbot, wait_job, tmp_path):
     from napari_tomoseg._napari.reader import read_path
 
     viewer, _path, _volume = big
-    widget = SegmentWidget(viewer)
-    qtbot.addWidget(widget)
-    assert widget.run()
-    assert wait_job(widget.runner) is JobState.DONE
+    _segmented(viewer, qtbot, wait_job)
     [(data, meta, kind)] = read_path(str(tmp_path / "scan.zarr.tomoseg-prediction.zarr"))
     assert kind == "labels" and isinstance(data, zarr.Array)
     assert list(meta["features"]["phase"]) == ["none", "matrix", "fibre", "pore"]
