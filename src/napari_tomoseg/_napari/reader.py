@@ -97,10 +97,10 @@ def _labels(path: Path) -> Any:
     """A label file's data: in memory, or, for a store of a volume too big for memory (such as the
     prediction or annotations napari-tomoseg keeps next to a big volume), the store itself, opened
     for painting."""
-    from napari_tomoseg.core.labelstore import is_store, needs_store, open_store
+    from napari_tomoseg.core.labelstore import needs_store, open_store
 
-    if is_store(path, "labels"):
+    try:
         store = open_store(path, kind="labels")
-        if needs_store(store.shape):
-            return store
-    return io.read_labels(path).astype(np.uint8, copy=False)
+    except ValueError:  # not one of our stores (a TIFF, a zarr another tool wrote)
+        return io.read_labels(path).astype(np.uint8, copy=False)
+    return store if needs_store(store.shape) else np.asarray(store[...], dtype=np.uint8)

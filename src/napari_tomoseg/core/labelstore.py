@@ -78,17 +78,21 @@ def needs_store(shape: Sequence[int]) -> bool:
 def is_store(path: str | os.PathLike[str], kind: StoreKind | None = None) -> bool:
     """True if ``path`` is a zarr array written by napari-tomoseg (of ``kind`` if given): safe to
     reopen, and to replace by a newer one."""
-    p = Path(path)
+    return _open_ours(Path(path), kind, "r") is not None
+
+
+def _open_ours(p: Path, kind: StoreKind | None, mode: Literal["r", "r+"]) -> Any | None:
+    """The zarr array at ``p`` if napari-tomoseg wrote it (of ``kind`` if given), else None."""
     if not (p.is_dir() and (p / "zarr.json").is_file()):
-        return False
+        return None
     try:
-        arr = zarr.open_array(str(p), mode="r")
+        arr = zarr.open_array(str(p), mode=mode)
     except (ValueError, OSError, TypeError, KeyError):
-        return False
+        return None
     meta = arr.attrs.get(io.METADATA_KEY)
     if not isinstance(meta, dict) or meta.get("format") != "napari-tomoseg":
-        return False
-    return kind is None or meta.get("kind") == kind
+        return None
+    return arr if kind is None or meta.get("kind") == kind else None
 
 
 def create_store(
@@ -132,10 +136,10 @@ def open_store(
         If ``path`` is not such a store, or its shape differs from ``shape``.
     """
     p = Path(path)
-    if not is_store(p, kind):
+    arr = _open_ours(p, kind, mode)
+    if arr is None:
         what = f"a napari-tomoseg {kind} store" if kind else "a napari-tomoseg store"
         raise ValueError(f"{p} is not {what}; move it away or choose another folder")
-    arr = zarr.open_array(str(p), mode=mode)
     if shape is not None and tuple(arr.shape) != tuple(int(s) for s in shape):
         raise ValueError(
             f"{p} holds a volume of shape {tuple(arr.shape)}, not {tuple(shape)}: it belongs to "
