@@ -94,6 +94,7 @@ def test_predict_tiled_reproduces_input(shape, tile, overlap, batch, seed):
             ("2.5d", "z"),
             ("2.5d", "x"),
             ("2d-3axes", "z"),
+            ("2d-3axes-2.5d", "z"),
             ("3d", "z"),
         ]
     ),
@@ -104,7 +105,8 @@ def test_predict_tiled_reproduces_input(shape, tile, overlap, batch, seed):
 )
 def test_segment_identity_predictor_is_exact(shape, mode_axis, tile, overlap, block, seed):
     mode, axis = mode_axis
-    ndim, cin = (3, 1) if mode == "3d" else (2, 3 if mode == "2.5d" else 1)
+    ndim, cin = (3, 1) if mode == "3d" else (2, 3 if "2.5d" in mode else 1)
+    mode = mode.removesuffix("-2.5d")  # the multi-axis mode with a 2.5D network
     model = _model(mode, ndim, cin)
     volume = np.random.default_rng(seed).integers(1, 4, shape).astype(np.uint8)
     probs = np.zeros((3, *shape), np.float16)
@@ -357,6 +359,45 @@ def test_valid_and_blend_stitching_agree_on_a_real_network():
     assert (valid == blend).mean() > 0.97
     with pytest.raises(ValueError, match=r"2d-3axes modes, not '3d'"):
         resolve(InferenceConfig(stitch="valid", mode="3d"), _model("3d", 3), (4, 8, 8))
+
+
+@pytest.mark.parametrize("ax", [0, 1, 2])
+@pytest.mark.parametrize("block", [2, 7])
+def test_multi_axis_25d_passes_see_their_own_axis_neighbours(ax, block):
+    # Channel 0 of a 5-slice network is the slice two before along the pass's axis. On a volume
+    # that varies along one axis only, the two passes across that axis see the slice itself and the
+    # pass along it sees the slice two before (mirrored at the volume's first face): each voxel gets
+    # probability 2/3 for its own value and 1/3 for that neighbour's.
+    n = 9
+    values = np.random.default_rng(ax).integers(1, 4, n).astype(np.uint8)
+    shape = [6, 10, 11]
+    shape[ax] = n
+    volume = np.broadcast_to(values.reshape([-1 if i == ax else 1 for i in range(3)]), shape).copy()
+    probs = np.zeros((3, *shape), np.float16)
+    cfg = InferenceConfig(mode="2d-3axes", tile=16, overlap=4, block=block)
+    run_to_completion(
+        iter_segment(
+            volume,
+            one_hot_of_channel(0),
+            cfg,
+            model=_model("2d-3axes", 2, 5),
+            grey_range=(0.0, 1.0),
+            probabilities_out=probs,
+        )
+    )
+    before = values[np.abs(np.arange(n) - 2)]  # mirrored: -2 -> 2, -1 -> 1
+    eye = np.eye(3)
+    expected = 2 / 3 * eye[values - 1] + 1 / 3 * eye[before - 1]  # (n, 3)
+    got = np.moveaxis(probs, ax + 1, 1).reshape(3, n, -1).astype(np.float64)
+    np.testing.assert_allclose(got, expected.T[:, :, None].repeat(got.shape[2], 2), atol=2e-3)
+
+
+def test_a_2p5d_model_runs_in_2d_only_with_its_neighbours():
+    model = _model("2.5d", 2, 3)
+    volume = np.ones((4, 16, 16), np.uint8)
+    with pytest.raises(ValueError, match=r"mode '2d' does not fit this model.*2d-3axes"):
+        resolve(InferenceConfig(mode="2d"), model, volume.shape)
+    assert resolve(InferenceConfig(mode="2d-3axes"), model, volume.shape).mode == "2d-3axes"
 
 
 def test_multi_axis_labels_do_not_depend_on_the_slab_depth_and_match_blending():

@@ -150,7 +150,7 @@ def segment_block(
     i0, i1 = region
     lo, hi = grey_range
     if r.mode == "2d-3axes":  # z-slabs; the y and x passes read their z-context from the store
-        zgrid = _ZGrid.of(shape[0], r.overlap, cfg.multiple)
+        zgrid = _ZGrid.of(shape[0], r.overlap, cfg.multiple, cfg.in_channels // 2)
         probs = _segment_slab_3axes(
             _load_window(volume, zgrid, i0, i1, lo, hi),
             i0,
@@ -162,6 +162,7 @@ def segment_block(
             n_out=cfg.n_phases,
             multiple=cfg.multiple,
             cancel=None,
+            context=cfg.in_channels // 2,
         )
         labels = (np.argmax(probs, axis=0) + 1).astype(np.uint8)
     else:

@@ -690,14 +690,15 @@ def plan_memory(
     elif mode == "2d-3axes" and stitch == "valid":
         h, w = shape[1], shape[2]
         plane = h * w
-        halo = overlap // 2
+        halo = max(overlap // 2, k // 2)
         _, cz, sz = _plane_tiling(shape[0], ORTHO_TILE, halo, cfg.multiple)
-        # per slab slice: the window read and normalised (twice: prefetch), the z-pass input and
-        # probabilities, the accumulator, labels. Fixed: the window's rows beyond the slab (the
-        # z-halo of the y and x passes, twice) and one group of y- or x-slices in flight.
-        per_unit = plane * (2 * (itemsize + 4) + 4 + 8 * c + 2 + probs)
+        # per slab slice: the window read and normalised (twice: prefetch), the z-pass input
+        # (k channels) and probabilities, the accumulator, labels. Fixed: the window's rows beyond
+        # the slab (the z-halo of the y and x passes, twice) and one group of y- or x-slices in
+        # flight.
+        per_unit = plane * (2 * (itemsize + 4) + 4 * k + 8 * c + 2 + probs)
         fixed = 2 * (sz - cz) * plane * (itemsize + 4)
-        fixed += _ORTHO_GROUP * max(h, w) * (cz + sz) * (4 + 4 * c)
+        fixed += _ORTHO_GROUP * max(h, w) * (cz + sz) * (4 * k + 4 * c)
         tile_vox = max(
             _plane_tiling(h, tile, halo, cfg.multiple)[2]
             * _plane_tiling(w, tile, halo, cfg.multiple)[2],
@@ -794,10 +795,10 @@ def resolve(
         raise ValueError(f"mode '3d' needs a 3D model; this model is 2D (use --mode {d.mode})")
     if mode != "3d" and cfg.ndim != 2:
         raise ValueError(f"mode {mode!r} needs a 2D model; this model is 3D (use --mode 3d)")
-    if (mode == "2.5d") != (cfg.in_channels > 1):
+    if mode == "2.5d" and cfg.in_channels == 1 or mode == "2d" and cfg.in_channels > 1:
         raise ValueError(
             f"mode {mode!r} does not fit this model: it takes {cfg.in_channels} input channel(s); "
-            f"use --mode {d.mode}"
+            f"use --mode {d.mode} (or 2d-3axes)"
         )
     tile = config.tile or d.tile
     if tile % cfg.multiple:
@@ -966,8 +967,9 @@ class _ZGrid:
     index: npt.NDArray[np.intp]
 
     @classmethod
-    def of(cls, depth: int, overlap: int, multiple: int) -> _ZGrid:
-        halo = overlap // 2
+    def of(cls, depth: int, overlap: int, multiple: int, context: int = 0) -> _ZGrid:
+        # a 2.5D network's z-pass reads ``context`` rows beyond each slab slice
+        halo = max(overlap // 2, context)
         starts, core, size = _plane_tiling(depth, ORTHO_TILE, halo, multiple)
         rows = np.repeat(np.arange(depth, dtype=np.float32)[:, None], 2, axis=1)[None, None]
         index = _mirror_pad(rows, [(halo, size - core - halo), (0, 0)])[0, 0, :, 0]
@@ -1003,15 +1005,23 @@ def _segment_slab_3axes(
     n_out: int,
     multiple: int,
     cancel: CancelToken | None,
+    context: int = 0,
 ) -> npt.NDArray[np.float32]:
     """(C, z1 - z0, Y, X) probabilities of slab ``z0 .. z1`` from its window (what
-    :func:`_load_window` returned): the mean of a z-, a y- and an x-pass."""
+    :func:`_load_window` returned): the mean of a z-, a y- and an x-pass.
+
+    A 2.5D network (``context`` neighbours on each side) sees, in each pass, the neighbouring
+    slices along that pass's axis as channels, mirrored at the volume's faces.
+    """
     window, p0 = data
     _, ny, nx = window.shape
     h = zgrid.halo
+    assert h >= context, "the z-grid's halo must cover the 2.5D context"
     common = dict(n_out=n_out, batch_size=r.batch_size, probabilities=True, cancel=cancel)
-    # z-pass: the slab's slices, exactly as the 2D mode segments them.
-    zs = _mirror_pad(window[z0 + h - p0 : z1 + h - p0, None], grid.pads)
+    # z-pass: the slab's slices, as the 2D / 2.5D modes segment them.
+    zs = _mirror_pad(
+        _with_neighbours(window[z0 + h - p0 - context : z1 + h - p0 + context], context), grid.pads
+    )
     _, pz = _segment_slab_valid(zs, predict, grid, (ny, nx), **common)  # type: ignore[arg-type]
     del zs
     assert pz is not None
@@ -1027,8 +1037,8 @@ def _segment_slab_3axes(
         pads = [(0, 0), (h, o_size - o_core - h)]
         for g0 in range(0, length, _ORTHO_GROUP):
             g1 = min(length, g0 + _ORTHO_GROUP)
-            part = window[:, g0:g1, :] if axis == 1 else window[:, :, g0:g1]
-            imgs = _mirror_pad(np.moveaxis(part, axis, 0)[:, None], pads)
+            part = window.take(_reflected(g0 - context, g1 + context, length), axis=axis)
+            imgs = _mirror_pad(_with_neighbours(np.moveaxis(part, axis, 0), context), pads)
             _, pr = _segment_slab_valid(imgs, predict, ogrid, plane, **common)  # type: ignore[arg-type]
             assert pr is not None
             got = pr[:, :, rows]  # (G, C, D, other)
@@ -1038,6 +1048,26 @@ def _segment_slab_3axes(
                 acc[:, :, :, g0:g1] += got.transpose(1, 2, 3, 0)
     acc /= 3.0
     return acc
+
+
+def _reflected(i0: int, i1: int, n: int) -> npt.NDArray[np.intp]:
+    """Indices ``i0 .. i1`` into an axis of length ``n``, mirrored at its ends (numpy's "reflect",
+    repeated for ranges longer than the axis)."""
+    i = np.arange(i0, i1)
+    if n == 1:
+        return np.zeros_like(i)
+    period = 2 * (n - 1)
+    i = np.mod(i, period)
+    return np.where(i < n, i, period - i)
+
+
+def _with_neighbours(rows: npt.NDArray[np.float32], context: int) -> npt.NDArray[np.float32]:
+    """(S, 2 context + 1, ...) stacks from (S + 2 context, ...) consecutive slices: each slice
+    with its ``context`` neighbours on either side as channels."""
+    s = rows.shape[0] - 2 * context
+    if not context:
+        return rows[:, None]
+    return np.stack([rows[c : c + s] for c in range(2 * context + 1)], axis=1)
 
 
 def _read(volume: Any, region: tuple[slice, ...]) -> npt.NDArray[Any]:
@@ -1221,7 +1251,7 @@ def iter_segment(
     valid = r.stitch == "valid" and not three_axes
     plane = _plane_shape(shape, 0 if three_axes else r.axis)
     grid = _PlaneGrid.of(plane, r.tile, r.overlap, multiple)
-    zgrid = _ZGrid.of(shape[0], r.overlap, multiple) if three_axes else None
+    zgrid = _ZGrid.of(shape[0], r.overlap, multiple, k // 2) if three_axes else None
 
     def load(region: tuple[slice, slice, slice]) -> Any:
         if three_axes:
@@ -1246,6 +1276,7 @@ def iter_segment(
                 n_out=n_out,
                 multiple=multiple,
                 cancel=cancel,
+                context=k // 2,
             )
             return (np.argmax(probs, axis=0) + 1).astype(np.uint8), probs
         if valid:

@@ -235,10 +235,12 @@ class TomosegModel:
             raise ValueError("mode '3d' needs a 3D network (UNetConfig.ndim=3)")
         if self.defaults.mode != "3d" and cfg.ndim != 2:
             raise ValueError(f"mode {self.defaults.mode!r} needs a 2D network (UNetConfig.ndim=2)")
-        if (self.defaults.mode == "2.5d") != (cfg.in_channels > 1):
+        mode, k = self.defaults.mode, cfg.in_channels
+        if mode == "2.5d" and k == 1 or mode in ("2d", "3d") and k > 1:
             raise ValueError(
-                f"mode {self.defaults.mode!r} does not match a network with {cfg.in_channels} input channels "
-                "(2.5D models take k > 1 neighbouring slices as channels; other modes take 1)"
+                f"mode {mode!r} does not match a network with {k} input channels (2.5D models "
+                "take k > 1 neighbouring slices as channels, 2D and 3D ones 1; the multi-axis "
+                "mode takes either)"
             )
 
     @property
