@@ -118,7 +118,7 @@ def run_seed(seed: int, args: argparse.Namespace, base: Any) -> dict[str, Any]:
     vol, truth = ph.volume, ph.labels
     n = len(base.phases)
     nz = vol.shape[0]
-    infer = InferenceConfig(mode="2d", axis="z")
+    infer = InferenceConfig(axis="z")  # the base model's own mode
     probs = np.zeros((n, *vol.shape), np.float32)
     before_pred = segment_volume(vol, base, infer, probabilities_out=probs).labels
     strategies = {"even": evenly_spaced(nz, args.slices)}
@@ -209,13 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-rf", action="store_true", help="skip the random forest")
     ap.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    ap.add_argument("--base", help="model file to start from (default: the bundled model)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    base = load_model(bundled_model_path())
+    base = load_model(args.base or bundled_model_path())
     names = base.phases.names
     peak_fp32 = matmul_peak(torch.float32)
     peak_bf16 = matmul_peak(torch.bfloat16)
@@ -234,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "shape": args.shape,
         "threads": torch.get_num_threads(),
+        "base": base.source.name if base.source else None,
         "mode": args.mode,
         "context_slices": args.context_slices,
         "before": summarise(runs, "before", names, "even"),

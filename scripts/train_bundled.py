@@ -2,7 +2,7 @@
 
     python scripts/train_bundled.py --minutes 44 -o stage1.safetensors
     python scripts/train_bundled.py --init stage1.safetensors --minutes 10 --default-fraction 1.0 \
-        --phantoms 12 --lr 6e-4 --seed 1 -o src/napari_tomoseg/models/composite-2d.safetensors --overwrite
+        --phantoms 12 --lr 6e-4 --seed 1 -o src/napari_tomoseg/models/composite-2.5d.safetensors --overwrite
 
 Stage 1 (from scratch), phantoms: half at the default composite settings, the rest from ``random_config`` (contrast,
 blur, noise, rings, cupping, fibre size and orientation, pore size, 8/16 bit all varied widely) so that
@@ -31,6 +31,8 @@ from napari_tomoseg.core.model import (
     ModularUNet,
     TomosegModel,
     UNetConfig,
+    inflate_to_slices,
+    load_model,
     save_model,
 )
 from napari_tomoseg.core.normalize import Normalization, apply_range
@@ -66,7 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("-o", "--output", default="src/napari_tomoseg/models/composite-2d.safetensors")
+    ap.add_argument("-o", "--output", default="src/napari_tomoseg/models/composite-2.5d.safetensors")
     ap.add_argument("--minutes", type=float, default=40.0, help="training time budget")
     ap.add_argument("--steps", type=int, help="step budget (bitwise reproducible on CPU)")
     ap.add_argument("--base-filters", type=int, default=6)
@@ -80,6 +82,13 @@ def main() -> None:
     )
     ap.add_argument(
         "--default-fraction", type=float, default=0.5, help="share of phantoms at default settings"
+    )
+    ap.add_argument(
+        "--context-slices",
+        type=int,
+        default=1,
+        help="neighbouring slices the network sees (1: 2D; odd k >= 3: 2.5D); a 2D --init model is "
+        "extended to k slices",
     )
     ap.add_argument("--init", help="continue from this model file instead of random weights")
     ap.add_argument("--seed", type=int, default=0)
@@ -97,21 +106,29 @@ def main() -> None:
     val = make_phantom(replace(PhantomConfig(), shape=(64, 128, 128)), seed=900)
     log.info("made %d phantoms in %.0f s", len(volumes), time.perf_counter() - t0)
 
-    cfg = UNetConfig(ndim=2, in_channels=1, n_phases=3, depth=3, base_filters=args.base_filters)
+    k = args.context_slices
+    cfg = UNetConfig(ndim=2, in_channels=k, n_phases=3, depth=3, base_filters=args.base_filters)
     net = ModularUNet(cfg)
     if args.init:
-        from napari_tomoseg.core.model import load_model
-
         init = load_model(args.init)
-        if init.config != cfg:
+        init_net = init.network
+        if init.config.in_channels == 1 and k > 1:
+            init_net = inflate_to_slices(init_net, k, spread="centre")
+        if init_net.cfg != cfg:
             raise SystemExit(f"--init model has architecture {init.config}, not {cfg}")
-        net.load_state_dict(init.network.state_dict())
-    defaults = InferenceDefaults(mode="2d", axis="z", tile=512, overlap=32)
+        net.load_state_dict(init_net.state_dict())
+    defaults = InferenceDefaults(mode="2d" if k == 1 else "2.5d", axis="z", tile=512, overlap=32)
     axes = tuple("zyx".index(a) for a in args.axes)
     # Fully labelled phantoms: mild rare-phase oversampling and unweighted cross-entropy, which keep
     # the decision at phase boundaries unbiased (weights push boundary voxels to the rarer phase).
     sampler = CropSampler(
-        volumes, n_phases=3, crop=args.crop, axes=axes, rare_fraction=0.15, seed=args.seed
+        volumes,
+        n_phases=3,
+        crop=args.crop,
+        axes=axes,
+        in_channels=k,
+        rare_fraction=0.15,
+        seed=args.seed,
     )
 
     def validate(network: torch.nn.Module) -> np.ndarray:

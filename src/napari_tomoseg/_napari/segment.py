@@ -55,10 +55,17 @@ log = logging.getLogger(__name__)
 
 MODES = {
     "2D along an axis": "2d",
-    "2D on three axes (averaged)": "2d-3axes",
+    "Slices on three axes (averaged)": "2d-3axes",
     "2.5D (neighbouring slices)": "2.5d",
     "3D": "3d",
 }
+
+
+def fitting_modes(ndim: int, in_channels: int) -> set[str]:
+    """The modes a network with ``ndim`` spatial dimensions and ``in_channels`` inputs can run."""
+    if ndim == 3:
+        return {"3d"}
+    return {"2d-3axes", "2.5d" if in_channels > 1 else "2d"}
 AXES = ("z", "y", "x")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PREDICTION = "prediction"
@@ -204,6 +211,12 @@ class SegmentWidget(QWidget):
 
     def apply_model_defaults(self, info: ModelInfo) -> None:
         """Set mode, axis, tile and overlap to what the model was made for."""
+        fits = fitting_modes(info.ndim, info.in_channels)
+        model = self.mode.model()
+        for row, mode in enumerate(MODES.values()):
+            item = model.item(row)
+            item.setEnabled(mode in fits)
+            item.setToolTip("" if mode in fits else "this model cannot run in this mode")
         mode_label = next(k for k, v in MODES.items() if v == info.mode)
         self.mode.setCurrentText(mode_label)
         self.axis.setCurrentText(info.axis)
