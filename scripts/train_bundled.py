@@ -2,7 +2,7 @@
 
     python scripts/train_bundled.py --minutes 44 -o stage1.safetensors
     python scripts/train_bundled.py --init stage1.safetensors --minutes 10 --default-fraction 1.0 \
-        --phantoms 12 --lr 6e-4 --seed 1 -o src/napari_tomoseg/models/composite-2.5d.safetensors --overwrite
+        --phantoms 12 --lr 6e-4 --seed 1 -o src/napari_tomoseg/models/composite-2d.safetensors --overwrite
 
 Stage 1 (from scratch), phantoms: half at the default composite settings, the rest from ``random_config`` (contrast,
 blur, noise, rings, cupping, fibre size and orientation, pore size, 8/16 bit all varied widely) so that
@@ -68,7 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("-o", "--output", default="src/napari_tomoseg/models/composite-2.5d.safetensors")
+    ap.add_argument("-o", "--output", default="src/napari_tomoseg/models/composite-2d.safetensors")
     ap.add_argument("--minutes", type=float, default=40.0, help="training time budget")
     ap.add_argument("--steps", type=int, help="step budget (bitwise reproducible on CPU)")
     ap.add_argument("--base-filters", type=int, default=6)

@@ -50,7 +50,7 @@ def _prediction(viewer, truth):
     pred[:, :4] = 2  # a band of wrong "fibre"
     layer = viewer.add_labels(pred, name="prediction", scale=(VOXEL_UM,) * 3)
     apply_phases(layer, COMPOSITE_PHASES)
-    layer.metadata["tomoseg_model"] = "composite-2.5d.safetensors"
+    layer.metadata["tomoseg_model"] = "composite-2d.safetensors"
     layer.metadata["tomoseg_provenance"] = {"trained_on": "synthetic phantoms"}
     return layer
 
@@ -76,7 +76,7 @@ def test_export_labels_and_report(sample_viewer, small_phantom, qtbot, tmp_path)
         np.count_nonzero(layer.data == 1) * VOXEL_UM**3
     )
     assert report["model"] == {
-        "name": "composite-2.5d.safetensors",
+        "name": "composite-2d.safetensors",
         "provenance": {"trained_on": "synthetic phantoms"},
     }
     assert "evaluation" not in report

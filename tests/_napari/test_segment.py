@@ -41,13 +41,13 @@ def test_segment_fills_prediction_like_the_core(sample_viewer, widget, wait_job,
     annotations.data[3, 10:20, 10:20] = 2
     before = annotations.data.copy()
     slabs = []
-    # the bundled model's defaults; the one mode it cannot run (one slice alone) is disabled
-    assert widget.tile.value() == 512 and widget.mode.currentText().startswith("2.5D")
+    # the bundled model's defaults; the modes a one-slice 2D network cannot run are disabled
+    assert widget.tile.value() == 512 and widget.mode.currentText().startswith("2D along")
     enabled = {
         widget.mode.itemText(i): widget.mode.model().item(i).isEnabled()
         for i in range(widget.mode.count())
     }
-    assert [t for t, on in enabled.items() if not on] == ["2D along an axis", "3D"]
+    assert [t for t, on in enabled.items() if not on] == ["2.5D (neighbouring slices)", "3D"]
     assert widget.run()
     widget.runner.worker.yielded.connect(lambda ev: slabs.append(ev.region))
     assert not widget.controls.run_button.isEnabled() and not widget.preview.isEnabled()

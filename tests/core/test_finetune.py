@@ -17,15 +17,8 @@ from napari_tomoseg.core.finetune import (
 )
 from napari_tomoseg.core.inference import InferenceConfig, segment_volume
 from napari_tomoseg.core.metrics import jaccard_per_phase
-from napari_tomoseg.core.model import (
-    InferenceDefaults,
-    ModularUNet,
-    TomosegModel,
-    UNetConfig,
-    bundled_model_path,
-    load_model,
-)
-from napari_tomoseg.core.phases import COMPOSITE_PHASES, PhaseTable
+from napari_tomoseg.core.model import bundled_model_path, load_model
+from napari_tomoseg.core.phases import PhaseTable
 from napari_tomoseg.core.progress import CancelToken
 from napari_tomoseg.core.synthetic import PhantomConfig, make_phantom
 
@@ -268,27 +261,19 @@ def test_crop_shrinks_to_small_slices_and_tiny_slices_are_refused(base) -> None:
         plan_finetune(ann.shape, annotate(ph.labels, [5], axis=1), base=base)
 
 
-@pytest.fixture(scope="module")
-def base_2d():
-    """A small 2D model with the composite's phases (the bundled model is 2.5D)."""
-    torch.manual_seed(0)
-    net = ModularUNet(UNetConfig(ndim=2, in_channels=1, n_phases=3, base_filters=4))
-    return TomosegModel(net, COMPOSITE_PHASES, defaults=InferenceDefaults(mode="2d"))
-
-
-def test_the_bundled_model_is_fine_tuned_as_it_is(phantom, base) -> None:
-    assert base.config.in_channels == 5 and base.defaults.mode == "2.5d"
-    ann = annotate(phantom.labels, [4, 10])
-    plan = plan_finetune(ann.shape, ann, base=base)
+def test_a_2p5d_base_model_is_fine_tuned_as_it_is(phantom, base) -> None:
+    wide = finetune(phantom.volume, annotate(phantom.labels, [4, 10]), base=base, config=FAST).model
+    assert wide.config.in_channels == 5 and wide.defaults.mode == "2.5d"
+    ann = annotate(phantom.labels, [3, 12])
+    plan = plan_finetune(ann.shape, ann, base=wide)
     assert not any("extended" in n for n in plan.notes)
-    model = finetune(phantom.volume, ann, base=base, config=FAST).model
-    assert model.config == base.config and model.defaults.mode == "2.5d"
+    again = finetune(phantom.volume, ann, base=wide, config=FAST).model
+    assert again.config == wide.config and again.defaults.mode == "2.5d"
     with pytest.raises(ValueError, match=r"runs in mode '2.5d'.*cannot be fine-tuned in mode '2d'"):
-        plan_finetune(ann.shape, ann, base=base, config=FinetuneConfig(mode="2d"))
+        plan_finetune(ann.shape, ann, base=wide, config=FinetuneConfig(mode="2d"))
 
 
-def test_a_2d_base_model_can_be_fine_tuned_as_2p5d(phantom, base_2d) -> None:
-    base = base_2d
+def test_a_2d_base_model_can_be_fine_tuned_as_2p5d(phantom, base) -> None:
     ann = annotate(phantom.labels, [4, 10])
     plan = plan_finetune(ann.shape, ann, base=base, config=FinetuneConfig(mode="2.5d"))
     assert any("extended to 2.5D" in n for n in plan.notes)

@@ -177,7 +177,7 @@ def test_bundled_model_loads_and_is_small():
     assert path.stat().st_size < 8 * 2**20
     m = load_model(path)
     assert m.phases.names == ("matrix", "fibre", "pore")
-    assert m.defaults.mode == "2.5d" and m.config.in_channels == 5  # a slice and 2 + 2 neighbours
+    assert m.defaults.mode == "2d" and m.config.in_channels == 1
     assert m.provenance["trained_by"] == "scripts/train_bundled.py"
 
 

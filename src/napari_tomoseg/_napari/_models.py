@@ -40,7 +40,7 @@ class ModelInfo:
 
 def bundled_path() -> Path:
     # core.model imports torch; the path is fixed, so compute it here without importing it.
-    return Path(__file__).resolve().parent.parent / "models" / "composite-2.5d.safetensors"
+    return Path(__file__).resolve().parent.parent / "models" / "composite-2d.safetensors"
 
 
 def read_model_header(path: str | Path) -> ModelInfo:
@@ -108,7 +108,7 @@ class ModelChooser(QComboBox):
             return
         self.blockSignals(True)
         self.clear()
-        self.addItem("Bundled: glass-fibre composite (2.5D U-Net)", BUNDLED)
+        self.addItem("Bundled: glass-fibre composite (2D U-Net)", BUNDLED)
         for name in self._session.models:
             self.addItem(f"In memory: {name}", f"memory:{name}")
         seen = set()

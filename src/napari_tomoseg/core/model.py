@@ -362,7 +362,7 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
 
 def bundled_model_path() -> Path:
     """Path of the model shipped inside the package."""
-    return Path(__file__).resolve().parent.parent / "models" / "composite-2.5d.safetensors"
+    return Path(__file__).resolve().parent.parent / "models" / "composite-2d.safetensors"
 
 
 def receptive_halo(cfg: UNetConfig) -> int:
