@@ -307,7 +307,7 @@ def make_phantom(config: PhantomConfig = PhantomConfig(), *, seed: int = 0) -> P
 #: ``_LOG_UNIFORM``, uniform otherwise.
 RANDOM_CONFIG_RANGES: dict[str, tuple[float, float]] = {
     "fibre_fraction": (0.05, 0.35),
-    "fibre_radius": (1.5, 8.0),
+    "fibre_radius": (2.0, 5.5),
     "fibre_radius_spread": (0.0, 0.3),
     "fibre_alignment_spread": (0.0, 0.8),
     "fibre_length": (30.0, 300.0),
@@ -321,14 +321,14 @@ RANDOM_CONFIG_RANGES: dict[str, tuple[float, float]] = {
     "edge_enhancement": (0.0, 0.5),
     "blur": (0.4, 1.6),
     "noise_correlation": (0.0, 1.0),
-    "ring_ratio": (0.0, 3.0),
+    "ring_ratio": (0.0, 0.8),
     "n_rings": (0, 60),
     "ring_centre_offset": (0.0, 5.0),
     "cupping": (0.0, 0.3),
     "grey_window_low": (0.05, 0.35),
     "grey_window_high": (0.5, 0.95),
 }
-_LOG_UNIFORM = frozenset({"pore_fraction", "contrast", "cnr", "fibre_radius", "pore_radius"})
+_LOG_UNIFORM = frozenset({"pore_fraction", "contrast", "cnr"})
 
 
 def random_config(
