@@ -2,8 +2,8 @@
 
 A phantom of ``--slices`` x 1024 x 1024 (uint8, with ground truth) is segmented with the bundled model:
 
-* the model's slice mode along z (``2.5d`` for the bundled model: each slice with its neighbours
-  as channels; ``2d`` for a one-slice model) and ``2d-3axes`` (all three axes averaged), end to end:
+* the model's slice mode along z (``2d`` for the bundled model; ``2.5d``, each slice with its
+  neighbours as channels, for a model that takes them) and ``2d-3axes`` (all three axes averaged), end to end:
   from the uint8 volume in memory to uint8 labels in memory (grey range, normalisation, tiling,
   network, stitching, argmax);
 * ``3d``: a small random-weight 3D U-Net (8 base filters) in 3D mode on the first ``--size-3d``^2

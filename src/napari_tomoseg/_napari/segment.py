@@ -60,12 +60,6 @@ MODES = {
     "3D": "3d",
 }
 
-
-def fitting_modes(ndim: int, in_channels: int) -> set[str]:
-    """The modes a network with ``ndim`` spatial dimensions and ``in_channels`` inputs can run."""
-    if ndim == 3:
-        return {"3d"}
-    return {"2d-3axes", "2.5d" if in_channels > 1 else "2d"}
 AXES = ("z", "y", "x")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PREDICTION = "prediction"
@@ -75,6 +69,14 @@ DEFAULT_MEMORY_GB = 3.0
 #: Stores of a volume too big for memory, next to the volume's file (see core.labelstore).
 PREDICTION_STORE_SUFFIX = ".tomoseg-prediction.zarr"
 UNCERTAINTY_STORE_SUFFIX = ".tomoseg-uncertainty.zarr"
+
+
+def fitting_modes(ndim: int, in_channels: int) -> set[str]:
+    """The modes a network with ``ndim`` spatial dimensions and ``in_channels`` inputs can run
+    (the rule ``core.inference.resolve`` enforces)."""
+    if ndim == 3:
+        return {"3d"}
+    return {"2d-3axes", "2.5d" if in_channels > 1 else "2d"}
 
 
 def _is_volume(layer: Any) -> bool:

@@ -795,7 +795,7 @@ def resolve(
         raise ValueError(f"mode '3d' needs a 3D model; this model is 2D (use --mode {d.mode})")
     if mode != "3d" and cfg.ndim != 2:
         raise ValueError(f"mode {mode!r} needs a 2D model; this model is 3D (use --mode 3d)")
-    if mode == "2.5d" and cfg.in_channels == 1 or mode == "2d" and cfg.in_channels > 1:
+    if (mode == "2.5d" and cfg.in_channels == 1) or (mode == "2d" and cfg.in_channels > 1):
         raise ValueError(
             f"mode {mode!r} does not fit this model: it takes {cfg.in_channels} input channel(s); "
             f"use --mode {d.mode} (or 2d-3axes)"
@@ -1092,9 +1092,7 @@ def _slab_images(
                 ((pb, pa), (0, 0), (0, 0)),
                 mode="reflect" if block.shape[0] > max(pb, pa) else "edge",
             )
-        s = i1 - i0
-        return np.stack([block[c : c + s] for c in range(k)], axis=1)
-    return block[:, None]
+    return _with_neighbours(block, h)
 
 
 def _blocks(shape: tuple[int, ...], edge: int) -> Iterator[tuple[slice, slice, slice]]:

@@ -236,7 +236,7 @@ class TomosegModel:
         if self.defaults.mode != "3d" and cfg.ndim != 2:
             raise ValueError(f"mode {self.defaults.mode!r} needs a 2D network (UNetConfig.ndim=2)")
         mode, k = self.defaults.mode, cfg.in_channels
-        if mode == "2.5d" and k == 1 or mode in ("2d", "3d") and k > 1:
+        if (mode == "2.5d" and k == 1) or (mode in ("2d", "3d") and k > 1):
             raise ValueError(
                 f"mode {mode!r} does not match a network with {k} input channels (2.5D models "
                 "take k > 1 neighbouring slices as channels, 2D and 3D ones 1; the multi-axis "
