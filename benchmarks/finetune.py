@@ -4,7 +4,7 @@ For each phantom seed (never used in training): make a shifted-domain phantom (f
 fibre-matrix contrast /2, noise x2, rings x2), annotate k whole z slices from the ground truth, then score
 on every other slice: the bundled model before fine-tuning, after ``--budget`` seconds of fine-tuning,
 the grey-level baseline and an ilastik-like random forest on multi-scale filter features, both fitted on
-the same slices. ``--suggest`` also fine-tunes on the k slices ranked most uncertain by the bundled model.
+the same slices (the forest also on the ring-corrected volume, ``rf_rings_mean``). ``--suggest`` also fine-tunes on the k slices ranked most uncertain by the bundled model.
 
     python benchmarks/finetune.py --slices 3 --budget 120        # last line: one JSON object
 
@@ -35,6 +35,7 @@ from napari_tomoseg.core.finetune import FinetuneConfig, finetune  # noqa: E402
 from napari_tomoseg.core.inference import InferenceConfig, segment_volume  # noqa: E402
 from napari_tomoseg.core.metrics import ConfusionAccumulator  # noqa: E402
 from napari_tomoseg.core.model import bundled_model_path, load_model  # noqa: E402
+from napari_tomoseg.core.rings import remove_rings  # noqa: E402
 from napari_tomoseg.core.synthetic import PhantomConfig, make_phantom  # noqa: E402
 from napari_tomoseg.core.uncertainty import entropy, rank_slices  # noqa: E402
 
@@ -79,8 +80,13 @@ def training_flops_per_voxel(model: Any, crop: int) -> float:
     return counter.get_total_flops() / crop**2
 
 
-def random_forest(volume: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
-    """ilastik-like pixel classifier: multi-scale intensity/edge/texture features + a random forest."""
+def random_forest(
+    volume: np.ndarray, labels: np.ndarray, seed: int, top: float | None = None
+) -> np.ndarray:
+    """ilastik-like pixel classifier: multi-scale intensity/edge/texture features + a random forest.
+
+    ``top``: the grey value scaled to 1 (default: the largest value of the volume's integer dtype).
+    """
     from functools import partial
 
     from skimage.feature import multiscale_basic_features
@@ -96,7 +102,7 @@ def random_forest(volume: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarr
         num_sigma=5,
         channel_axis=None,
     )
-    img = volume.astype(np.float32) / float(np.iinfo(volume.dtype).max)
+    img = volume.astype(np.float32) / float(top or np.iinfo(volume.dtype).max)
     feats = features(img)  # (z, y, x, F), 3D filters as ilastik computes them on volumes
     annotated = labels > 0
     x, y = feats[annotated], labels[annotated]
@@ -163,6 +169,12 @@ def run_seed(seed: int, args: argparse.Namespace, base: Any) -> dict[str, Any]:
             t_rf = time.perf_counter()
             entry["rf"] = score(random_forest(vol, annotations, seed), truth, keep, n)
             entry["rf_seconds"] = time.perf_counter() - t_rf
+            # The same forest on the ring-corrected volume that the U-Net sees (ilastik has no
+            # ring removal, but a user could run ours before it): the fairer comparison.
+            corrected = np.asarray(remove_rings(vol))
+            top = float(np.iinfo(vol.dtype).max)
+            rf_rings = random_forest(corrected, annotations, seed, top=top)
+            entry["rf_rings"] = score(rf_rings, truth, keep, n)
         out[name] = entry
         log.info(
             "seed %d %s slices %s: before %.3f after %.3f bin %.3f rf %s (%d steps)",
@@ -243,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "bin_mean": summarise(runs, "bin", names, "even")["mean"],
         "rf_mean": None if args.no_rf else summarise(runs, "rf", names, "even")["mean"],
         "rf": None if args.no_rf else summarise(runs, "rf", names, "even"),
+        "rf_rings_mean": None if args.no_rf else summarise(runs, "rf_rings", names, "even")["mean"],
         "train_seconds": train_seconds,
         "train_steps": float(np.mean([r["even"]["steps"] for r in runs])),
         "train_voxels_per_s": vox_per_s,
@@ -261,7 +274,17 @@ def main(argv: list[str] | None = None) -> int:
                 s: {
                     k: (v["mean"] if isinstance(v, dict) and "mean" in v else v)
                     for k, v in r[s].items()
-                    if k in ("slices", "before", "after", "bin", "rf", "steps", "train_seconds")
+                    if k
+                    in (
+                        "slices",
+                        "before",
+                        "after",
+                        "bin",
+                        "rf",
+                        "rf_rings",
+                        "steps",
+                        "train_seconds",
+                    )
                 }
                 for s in r
                 if s != "seed"

@@ -45,10 +45,14 @@ log = logging.getLogger("train_bundled")
 
 
 def make_training_set(
-    n: int, seed: int, shape: tuple[int, int, int], default_fraction: float = 0.5
+    n: int,
+    seed: int,
+    shape: tuple[int, int, int],
+    default_fraction: float = 0.5,
+    norm: Normalization | None = None,
 ) -> tuple[list[AnnotatedVolume], list[dict]]:
     rng = np.random.default_rng(seed)
-    norm = Normalization()
+    norm = norm or Normalization()
     volumes, configs = [], []
     for i in range(n):
         s = 1000 + seed * 100 + i
@@ -57,8 +61,9 @@ def make_training_set(
         )  # spread evenly; i = 0 is default
         cfg = replace(PhantomConfig(), shape=shape) if default else random_config(rng, shape=shape)
         ph = make_phantom(cfg, seed=s)
-        lo, hi = norm.volume_range(ph.volume)
-        volumes.append(AnnotatedVolume(apply_range(ph.volume, lo, hi), ph.labels))
+        image = norm.prepare(ph.volume)  # the network learns on what inference will show it
+        lo, hi = norm.volume_range(image)
+        volumes.append(AnnotatedVolume(apply_range(image[...], lo, hi), ph.labels))
         configs.append({"seed": s, **{k: v for k, v in asdict(cfg).items() if k != "shape"}})
         log.info("phantom %d/%d seed %d", i + 1, n, s)
     return volumes, configs
@@ -90,6 +95,13 @@ def main() -> None:
         help="neighbouring slices the network sees (1: 2D; odd k >= 3: 2.5D); a 2D --init model is "
         "extended to k slices",
     )
+    ap.add_argument(
+        "--no-ring-removal",
+        dest="ring_removal",
+        action="store_false",
+        help="train and segment on the raw phantoms (by default their ring artifacts are "
+        "subtracted first, in training as in inference)",
+    )
     ap.add_argument("--init", help="continue from this model file instead of random weights")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
@@ -100,8 +112,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
+    norm = Normalization(ring_removal=args.ring_removal)
     volumes, configs = make_training_set(
-        args.phantoms, args.seed, tuple(args.shape), args.default_fraction
+        args.phantoms, args.seed, tuple(args.shape), args.default_fraction, norm
     )
     val = make_phantom(replace(PhantomConfig(), shape=(64, 128, 128)), seed=900)
     log.info("made %d phantoms in %.0f s", len(volumes), time.perf_counter() - t0)
@@ -132,7 +145,7 @@ def main() -> None:
     )
 
     def validate(network: torch.nn.Module) -> np.ndarray:
-        model = TomosegModel(network, COMPOSITE_PHASES, defaults=defaults)
+        model = TomosegModel(network, COMPOSITE_PHASES, norm, defaults)
         pred = Predictor(model, device="cpu", precision="fp32")
         res = run_to_completion(iter_segment(val.volume, pred, InferenceConfig()))
         return jaccard_per_phase(res.labels, val.labels, 3)
@@ -191,7 +204,7 @@ def main() -> None:
         },
         "machine": f"{platform.machine()} {platform.processor()} torch {torch.__version__}",
     }
-    model = TomosegModel(net, COMPOSITE_PHASES, Normalization(), defaults, provenance)
+    model = TomosegModel(net, COMPOSITE_PHASES, norm, defaults, provenance)
     path = save_model(Path(args.output), model, overwrite=args.overwrite)
     log.info(
         "saved %s; best validation %s at step %d of %d",

@@ -86,6 +86,7 @@ def _inference_config(args: argparse.Namespace) -> Any:
         device=getattr(args, "device", "auto"),
         precision=getattr(args, "precision", "auto"),
         memory=parse_memory(memory) if memory else None,
+        ring_removal=getattr(args, "ring_removal", None),
     )
 
 
@@ -483,6 +484,13 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=int,
         help="tiles per forward pass (default: from --memory, free GPU memory, or 4)",
+    )
+    p.add_argument(
+        "--ring-removal",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="subtract CT ring artifacts around the rotation axis (z) first, when the volume has "
+        "any (default: as the model was trained; the bundled model does)",
     )
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument(

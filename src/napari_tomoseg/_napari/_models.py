@@ -36,6 +36,7 @@ class ModelInfo:
     overlap: int
     ndim: int
     in_channels: int
+    ring_removal: bool = False
 
 
 def bundled_path() -> Path:
@@ -62,6 +63,7 @@ def read_model_header(path: str | Path) -> ModelInfo:
             raise ValueError("no napari-tomoseg metadata")
         unet = json.loads(meta["unet"])
         inference = json.loads(meta.get("inference", "{}"))
+        normalization = json.loads(meta.get("normalization", "{}"))
         return ModelInfo(
             phases=PhaseTable.from_json(json.loads(meta["phases"])),
             mode=inference.get("mode", "2d"),
@@ -70,6 +72,7 @@ def read_model_header(path: str | Path) -> ModelInfo:
             overlap=int(inference.get("overlap", 32)),
             ndim=int(unet.get("ndim", 2)),
             in_channels=int(unet.get("in_channels", 1)),
+            ring_removal=bool(normalization.get("ring_removal", False)),
         )
     except (OSError, ValueError, KeyError, TypeError, struct.error) as err:
         raise ValueError(
@@ -82,7 +85,14 @@ def info_of(model: Any) -> ModelInfo:
     """:class:`ModelInfo` of a loaded :class:`~napari_tomoseg.core.model.TomosegModel`."""
     d = model.defaults
     return ModelInfo(
-        model.phases, d.mode, d.axis, d.tile, d.overlap, model.config.ndim, model.config.in_channels
+        model.phases,
+        d.mode,
+        d.axis,
+        d.tile,
+        d.overlap,
+        model.config.ndim,
+        model.config.in_channels,
+        model.normalization.ring_removal,
     )
 
 

@@ -159,6 +159,11 @@ class SegmentWidget(QWidget):
             "Memory the segmentation may use (napari's own included): it picks how many slices are "
             "processed at once. The volume itself is read piece by piece."
         )
+        self.ring_removal = QCheckBox("Remove ring artifacts")
+        self.ring_removal.setToolTip(
+            "Subtract the thin rings that CT puts around the rotation axis (z) before segmenting, "
+            "when the volume has any. Set from the model: keep it as the model was trained."
+        )
         self.keep_uncertainty = QCheckBox("Uncertainty layer (for 'next slice to correct')")
         self.keep_uncertainty.setChecked(True)
         self.preview = QPushButton("Preview slice")
@@ -188,6 +193,7 @@ class SegmentWidget(QWidget):
         form.addRow("Memory budget", self.memory)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.ring_removal)
         layout.addWidget(self.keep_uncertainty)
         layout.addWidget(self.preview)
         layout.addWidget(self.controls)
@@ -212,7 +218,7 @@ class SegmentWidget(QWidget):
         self.apply_model_defaults(info)
 
     def apply_model_defaults(self, info: ModelInfo) -> None:
-        """Set mode, axis, tile and overlap to what the model was made for."""
+        """Set mode, axis, tile, overlap and ring removal to what the model was made for."""
         fits = fitting_modes(info.ndim, info.in_channels)
         model = self.mode.model()
         for row, mode in enumerate(MODES.values()):
@@ -224,6 +230,7 @@ class SegmentWidget(QWidget):
         self.axis.setCurrentText(info.axis)
         self.tile.setValue(info.tile)
         self.overlap.setValue(info.overlap)
+        self.ring_removal.setChecked(info.ring_removal)
 
     def _find_devices(self) -> None:
         # torch is imported in a worker thread: opening the widget never blocks the viewer.
@@ -253,6 +260,7 @@ class SegmentWidget(QWidget):
             "overlap": min(self.overlap.value(), tile // 2),
             "device": self.device.currentText(),
             "memory": int(self.memory.value() * 1e9),
+            "ring_removal": self.ring_removal.isChecked(),
         }
 
     def _inputs(self) -> tuple[Any, Any, Any]:
@@ -592,9 +600,11 @@ class SegmentWidget(QWidget):
             lo, hi = max(0, index - half), min(shape[axis], index + half + 1)
             region: list[Any] = [slice(None)] * 3
             region[axis] = slice(lo, hi)
-            sub = np.asarray(volume[tuple(region)])
+            # Ring removal and the grey range need the whole volume (whole slices, a subsample).
+            prepared = model.normalization.prepare(volume, ring_removal=settings["ring_removal"])
+            sub = np.asarray(prepared[tuple(region)])
             sub_mask = None if mask is None else np.asarray(mask[tuple(region)])
-            grey_range = model.normalization.volume_range(volume)
+            grey_range = model.normalization.volume_range(prepared)
             t0 = time.perf_counter()
             result = yield from iter_segment(
                 sub,

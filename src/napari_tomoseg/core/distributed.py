@@ -108,6 +108,16 @@ def _worker_volume(path: str, dataset: str | None) -> Any:
     return _WORKER_CACHE[cache_key]
 
 
+def _worker_rings(path: str, dataset: str | None, centre: tuple[float, float]) -> Any:
+    """The worker's ring-corrected view of the volume (its per-slice profiles kept across tasks)."""
+    from .rings import RingCorrectedVolume
+
+    cache_key = ("rings", path, dataset or "", centre)
+    if cache_key not in _WORKER_CACHE:
+        _WORKER_CACHE[cache_key] = RingCorrectedVolume(_worker_volume(path, dataset), centre)
+    return _WORKER_CACHE[cache_key]
+
+
 def segment_block(
     region: tuple[int, int],
     *,
@@ -117,6 +127,7 @@ def segment_block(
     model_key: str,
     settings: Any,
     grey_range: tuple[float, float],
+    rings_centre: tuple[float, float] | None = None,
     device: str = "cpu",
     precision: Any = "auto",
     threads: int | None = None,
@@ -141,7 +152,10 @@ def segment_block(
     if threads is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     predictor = _worker_predictor(model_key, model, device, precision)
-    volume = _worker_volume(*source)
+    if rings_centre is None:
+        volume = _worker_volume(*source)
+    else:
+        volume = _worker_rings(*source, tuple(rings_centre))
     shape = tuple(int(s) for s in volume.shape)
     r = settings
     plane = _plane_shape(shape, r.axis)
@@ -239,7 +253,9 @@ def iter_segment_distributed(
             "2d-3axes modes"
         )
     out_path = io.check_output_path(output, overwrite=overwrite)
-    grey_range = model.normalization.volume_range(volume)
+    prepared = model.normalization.prepare(volume, ring_removal=config.ring_removal)
+    rings_centre = getattr(prepared, "centre", None)  # workers correct their slabs around it
+    grey_range = model.normalization.volume_range(prepared)
     cluster = None
     if client is None:
         client, cluster = connect(
@@ -279,6 +295,7 @@ def iter_segment_distributed(
                     model_key=key,
                     settings=settings,
                     grey_range=grey_range,
+                    rings_centre=rings_centre,
                     device=config.device if config.device != "auto" else "auto",
                     precision=config.precision,
                     threads=threads_per_task,

@@ -499,6 +499,7 @@ def _initial_model(base: Any, plan: FinetunePlan, config: FinetuneConfig) -> Any
     import torch
 
     from .model import InferenceDefaults, ModularUNet, TomosegModel, UNetConfig, inflate_to_slices
+    from .normalize import Normalization
 
     if base is None:
         mode = config.mode or "2d"
@@ -513,6 +514,7 @@ def _initial_model(base: Any, plan: FinetunePlan, config: FinetuneConfig) -> Any
         return TomosegModel(
             ModularUNet(cfg),
             plan.phases,
+            normalization=Normalization(ring_removal=True),
             defaults=InferenceDefaults(mode=mode, axis=axis, tile=128 if mode == "3d" else 512),
         )
     network = copy.deepcopy(base.network).to("cpu")
@@ -602,6 +604,7 @@ def iter_finetune(
     model = _initial_model(base, plan, config)
     net_cfg = model.config
     dev = resolve_device(device)
+    volume = model.normalization.prepare(volume)  # the model's ring removal, as in inference
     low, high = model.normalization.volume_range(volume)
     n = len(plan.phases)
     if net_cfg.ndim == 3:

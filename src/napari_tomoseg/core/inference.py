@@ -482,6 +482,9 @@ class InferenceConfig:
         How tiles are joined: ``valid`` keeps each tile's centre (no blending; 2D, 2.5D and
         multi-axis), ``blend`` averages overlapping tiles with linear ramps.
         ``auto``: valid for 2D, 2.5D and multi-axis, blend for 3D.
+    ring_removal : bool, optional
+        Subtract CT ring artifacts before segmenting (when the volume has any); None: as the model
+        was trained (its normalisation's ``ring_removal``).
     """
 
     mode: Mode | None = None
@@ -494,6 +497,7 @@ class InferenceConfig:
     precision: Precision = "auto"
     memory: int | None = None
     stitch: Stitch = "auto"
+    ring_removal: bool | None = None
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in MODES:
@@ -1201,6 +1205,8 @@ def iter_segment(
         Voxels outside it are labelled 0.
     grey_range : (low, high), optional
         The grey values mapped to 0 and 1; computed from a subsample of the volume by default.
+        When given, ``volume`` is taken as prepared by the caller (``model.normalization.prepare``:
+        ring removal), so that a caller segmenting part of a volume prepares the whole one once.
 
     Returns
     -------
@@ -1223,6 +1229,8 @@ def iter_segment(
         device=getattr(predictor, "device", None),
         dtype=getattr(predictor, "dtype", torch.float32),
     )
+    if grey_range is None:
+        volume = model.normalization.prepare(volume, ring_removal=config.ring_removal)
     lo, hi = grey_range or model.normalization.volume_range(volume)
     n_out = model.config.n_phases
     if out is None:

@@ -17,11 +17,16 @@ import numpy.typing as npt
 
 @dataclass(frozen=True)
 class Normalization:
-    """Map the ``low_percentile`` .. ``high_percentile`` grey range of a volume onto 0 .. 1."""
+    """Map the ``low_percentile`` .. ``high_percentile`` grey range of a volume onto 0 .. 1.
+
+    With ``ring_removal`` the CT ring artifacts of a volume are subtracted first (when it has any;
+    see :mod:`napari_tomoseg.core.rings`), in training as in inference: :meth:`prepare`.
+    """
 
     method: str = "percentile"
     low_percentile: float = 0.5
     high_percentile: float = 99.5
+    ring_removal: bool = False
 
     def __post_init__(self) -> None:
         if self.method != "percentile":
@@ -31,6 +36,17 @@ class Normalization:
                 "Normalization needs 0 <= low_percentile < high_percentile <= 100, got "
                 f"{self.low_percentile}, {self.high_percentile}"
             )
+
+    def prepare(self, volume: Any, *, ring_removal: bool | None = None) -> Any:
+        """The volume the network sees: ``volume`` itself, or a lazily ring-corrected view of it.
+
+        ``ring_removal`` overrides the model's setting (None: keep it).
+        """
+        if not (self.ring_removal if ring_removal is None else ring_removal):
+            return volume
+        from .rings import remove_rings
+
+        return remove_rings(volume)
 
     def volume_range(self, volume: Any, *, max_samples: int = 4_000_000) -> tuple[float, float]:
         """The (low, high) grey values of ``volume`` (a numpy, memory-mapped or zarr array)."""
