@@ -170,3 +170,22 @@ def test_unreachable_scheduler_fails_cleanly(phantom, tmp_path, capsys):
         "cannot reach the dask scheduler",
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ring_removal_follows_the_model_and_can_be_switched_off(phantom, tmp_path):
+    from napari_tomoseg.core.inference import InferenceConfig, segment_volume
+    from napari_tomoseg.core.model import bundled_model_path, load_model
+    from napari_tomoseg.core.rings import detect_rings
+
+    vol = io.read_volume(phantom / "vol.zarr")
+    assert detect_rings(vol).found  # the phantom has rings
+    model = load_model(bundled_model_path())
+    labels = {}
+    for flag, on in (([], True), (["--no-ring-removal"], False)):
+        out = tmp_path / f"labels-{on}.zarr"
+        argv = ["segment", str(phantom / "vol.zarr"), "-o", str(out), "--device", "cpu", *flag]
+        assert main(argv) == 0
+        labels[on] = zarr.open_array(str(out))[...]
+        ref = segment_volume(vol, model, InferenceConfig(device="cpu", ring_removal=on)).labels
+        np.testing.assert_array_equal(labels[on], ref)
+    assert (labels[True] != labels[False]).any()

@@ -132,6 +132,14 @@ def test_preview_segments_the_current_slice(sample_viewer, widget, wait_job, sma
         "slice z=7" in widget.estimate.text()
         and "whole volume will take about" in widget.estimate.text()
     )
+    # "Remove ring artifacts" follows the model (on for the bundled one); off, the raw slice is used
+    assert widget.ring_removal.isChecked() and widget.settings()["ring_removal"]
+    widget.ring_removal.setChecked(False)
+    assert widget.run_preview()
+    assert wait_job(widget.runner) is JobState.DONE
+    raw = _core_labels(small_phantom[0], tile=512, overlap=32, device="cpu", ring_removal=False)
+    np.testing.assert_array_equal(sample_viewer.layers[PREDICTION].data[7], raw[7])
+    assert (raw[7] != expected[7]).any()  # the phantom's rings change the labels
 
 
 def test_field_of_view_mask(make_napari_viewer, qtbot, wait_job, small_phantom):

@@ -34,18 +34,17 @@ def test_other_axes_and_multi_axis_also_work(model):
         assert unet.mean() >= grey.mean() + 0.05, (kw, unet, grey)
 
 
+def test_ring_removal_is_what_finds_the_fibre_rims(model):
+    """The phantom's rings cross fibre rims; removing them first gains fibre Jaccard."""
+    on, _ = _scores(model, (24, 128, 128), seed=1)
+    off, _ = _scores(model, (24, 128, 128), seed=1, ring_removal=False)
+    assert on[1] >= off[1] + 0.01, (on, off)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_bundled_model_thresholds_on_128_cubed(model, seed):
+def test_bundled_model_targets_on_128_cubed(model, seed):
+    """Issue 3's targets on the default 128^3 phantom."""
     unet, grey = _scores(model, (128, 128, 128), seed=seed)
-    assert unet[0] >= 0.97 and unet[2] >= 0.70, unet
+    assert unet[0] >= 0.97 and unet[1] >= 0.93 and unet[2] >= 0.70, unet
     assert unet.mean() >= grey.mean() + 0.10
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True, reason="target not met yet: fibre Jaccard is 0.913-0.934 on seeds 0-2 (see README)"
-)
-def test_bundled_model_fibre_target_on_128_cubed(model):
-    scores = [_scores(model, (128, 128, 128), seed=seed)[0][1] for seed in (0, 1, 2)]
-    assert min(scores) >= 0.93, scores

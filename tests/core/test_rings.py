@@ -110,7 +110,7 @@ def _model(ring_removal: bool) -> TomosegModel:
         ModularUNet(UNetConfig(base_filters=2)),
         COMPOSITE_PHASES,
         Normalization(ring_removal=ring_removal),
-        InferenceDefaults(mode="2d", tile=32, overlap=8),
+        InferenceDefaults(mode="2d", tile=96, overlap=8),
     )
 
 
