@@ -35,7 +35,7 @@ from .progress import Cancelled, CancelToken, SegmentProgress, run_to_completion
 log = logging.getLogger(__name__)
 
 #: Per worker process: model key -> Predictor, path -> opened volume (built once, reused by tasks).
-_WORKER_CACHE: dict[tuple[str, ...], Any] = {}
+_WORKER_CACHE: dict[tuple[Any, ...], Any] = {}
 
 
 @dataclass
@@ -155,7 +155,7 @@ def segment_block(
     if rings_centre is None:
         volume = _worker_volume(*source)
     else:
-        volume = _worker_rings(*source, tuple(rings_centre))
+        volume = _worker_rings(*source, (float(rings_centre[0]), float(rings_centre[1])))
     shape = tuple(int(s) for s in volume.shape)
     r = settings
     plane = _plane_shape(shape, r.axis)

@@ -1271,7 +1271,7 @@ def iter_segment(
     def compute(region: tuple[slice, slice, slice], data: Any) -> tuple[Any, Any]:
         if three_axes:
             assert zgrid is not None
-            probs = _segment_slab_3axes(
+            averaged = _segment_slab_3axes(
                 data,
                 region[0].start,
                 region[0].stop,
@@ -1284,7 +1284,7 @@ def iter_segment(
                 cancel=cancel,
                 context=k // 2,
             )
-            return (np.argmax(probs, axis=0) + 1).astype(np.uint8), probs
+            return (np.argmax(averaged, axis=0) + 1).astype(np.uint8), averaged
         if valid:
             labels, probs = _segment_slab_valid(
                 data,
