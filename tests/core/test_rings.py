@@ -155,3 +155,25 @@ def test_the_bundled_model_removes_rings():
     from napari_tomoseg.core.model import bundled_model_path
 
     assert load_model(bundled_model_path()).normalization.ring_removal
+
+
+def test_a_field_of_view_edge_is_not_a_ring(pair):
+    """Reconstructions are often 0 outside a circular field of view: that step is no ring, the
+    outside keeps its constant, and the rings inside are still removed."""
+    ringed, clean = pair
+    yy, xx = np.mgrid[: SHAPE[1], : SHAPE[2]]
+    r = np.hypot(yy - 47.5, xx - 47.5)
+    outside = r > 44
+    masked_clean = clean.copy()
+    masked_clean[:, outside] = 0
+    assert not detect_rings(masked_clean).found
+    masked = ringed.copy()
+    masked[:, outside] = 0
+    detection = detect_rings(masked)
+    assert detection.found and detection.fill == 0.0
+    corrected = remove_rings(masked)[...]
+    assert (corrected[:, outside] == 0).all()
+    inside = (r >= 12) & (r < 42)
+    before = _rms((masked - clean)[:, inside])
+    after = _rms((corrected - clean)[:, inside])
+    assert after < 0.5 * before, (before, after)

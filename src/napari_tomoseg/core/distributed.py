@@ -108,13 +108,17 @@ def _worker_volume(path: str, dataset: str | None) -> Any:
     return _WORKER_CACHE[cache_key]
 
 
-def _worker_rings(path: str, dataset: str | None, centre: tuple[float, float]) -> Any:
+def _worker_rings(
+    path: str, dataset: str | None, centre: tuple[float, float], fill: float | None
+) -> Any:
     """The worker's ring-corrected view of the volume (its per-slice profiles kept across tasks)."""
     from .rings import RingCorrectedVolume
 
-    cache_key = ("rings", path, dataset or "", centre)
+    cache_key = ("rings", path, dataset or "", centre, fill)
     if cache_key not in _WORKER_CACHE:
-        _WORKER_CACHE[cache_key] = RingCorrectedVolume(_worker_volume(path, dataset), centre)
+        _WORKER_CACHE[cache_key] = RingCorrectedVolume(
+            _worker_volume(path, dataset), centre, fill=fill
+        )
     return _WORKER_CACHE[cache_key]
 
 
@@ -128,6 +132,7 @@ def segment_block(
     settings: Any,
     grey_range: tuple[float, float],
     rings_centre: tuple[float, float] | None = None,
+    rings_fill: float | None = None,
     device: str = "cpu",
     precision: Any = "auto",
     threads: int | None = None,
@@ -155,7 +160,8 @@ def segment_block(
     if rings_centre is None:
         volume = _worker_volume(*source)
     else:
-        volume = _worker_rings(*source, (float(rings_centre[0]), float(rings_centre[1])))
+        centre = (float(rings_centre[0]), float(rings_centre[1]))
+        volume = _worker_rings(*source, centre, rings_fill)
     shape = tuple(int(s) for s in volume.shape)
     r = settings
     plane = _plane_shape(shape, r.axis)
@@ -255,6 +261,7 @@ def iter_segment_distributed(
     out_path = io.check_output_path(output, overwrite=overwrite)
     prepared = model.normalization.prepare(volume, ring_removal=config.ring_removal)
     rings_centre = getattr(prepared, "centre", None)  # workers correct their slabs around it
+    rings_fill = getattr(prepared, "fill", None)
     grey_range = model.normalization.volume_range(prepared)
     cluster = None
     if client is None:
@@ -296,6 +303,7 @@ def iter_segment_distributed(
                     settings=settings,
                     grey_range=grey_range,
                     rings_centre=rings_centre,
+                    rings_fill=rings_fill,
                     device=config.device if config.device != "auto" else "auto",
                     precision=config.precision,
                     threads=threads_per_task,

@@ -76,42 +76,81 @@ class _Annuli:
         return int(self.present[-1]) + 1
 
 
-def _usable(annuli: _Annuli) -> npt.NDArray[np.bool_]:
+def _usable(annuli: _Annuli, counts: npt.NDArray[np.intp] | None = None) -> npt.NDArray[np.bool_]:
     """Bins with enough voxels on a long enough arc for a robust median."""
+    c = annuli.counts if counts is None else counts
     full_circle = 2.0 * np.pi * np.maximum(annuli.present, 1) * BIN * BIN
-    return (annuli.counts >= MIN_COUNT) & (annuli.counts >= MIN_ARC * full_circle)
+    return (c >= MIN_COUNT) & (c >= MIN_ARC * full_circle)
 
 
 def ring_profile(
-    plane: npt.ArrayLike, annuli: _Annuli, *, shrink: bool = True
+    plane: npt.ArrayLike, annuli: _Annuli, *, shrink: bool = True, fill: float | None = None
 ) -> npt.NDArray[np.float32]:
-    """The ring component of one slice, per radial bin (grey units; 0 where nothing is found)."""
+    """The ring component of one slice, per radial bin (grey units; 0 where nothing is found).
+
+    Voxels equal to ``fill`` (the constant outside a reconstruction's field of view) are left out.
+    """
     values = np.asarray(plane, dtype=np.float64).ravel()[annuli.order]
     if not np.isfinite(values).all():
         raise ValueError(
             "volume holds NaN or inf values; replace them (e.g. np.nan_to_num) before segmenting"
         )
     profile = np.zeros(annuli.n_bins, np.float32)
-    lo, hi = float(values.min()), float(values.max())
+    s, c = annuli.starts, annuli.counts
+    valid = None if fill is None else values != fill
+    if valid is not None:
+        if not valid.any():
+            return profile
+        c = np.add.reduceat(valid.astype(np.intp), s)
+        lo, hi = float(values[valid].min()), float(values[valid].max())
+    else:
+        lo, hi = float(values.min()), float(values.max())
     if not hi > lo:
         return profile
-    # Sort the values inside each bin with one sort: bin + value scaled into [0, 1).
+    # Sort the values inside each bin with one sort: bin + value scaled into [0, 1) (left-out
+    # voxels just below 1: last in their bin, past the ``c`` counted ones).
     scale = 0.999 / (hi - lo)
-    keys = annuli.sorted_bins + (values - lo) * scale
+    offset = (values - lo) * scale
+    if valid is not None:
+        offset[~valid] = 0.9995
+    keys = annuli.sorted_bins + offset
     keys.sort()
     within = (keys - annuli.sorted_bins) / scale + lo
-    s, c = annuli.starts, annuli.counts
-    median = 0.5 * (within[s + (c - 1) // 2] + within[s + c // 2])
-    iqr = within[s + (3 * (c - 1)) // 4] - within[s + (c - 1) // 4]
+    usable = _usable(annuli, c)
+    cc = np.maximum(c, 1)
+    median = 0.5 * (within[s + (cc - 1) // 2] + within[s + cc // 2])
+    iqr = within[s + (3 * (cc - 1)) // 4] - within[s + (cc - 1) // 4]
+    if valid is not None:
+        if not usable.any():
+            return profile
+        # bins without (enough) voxels in the field of view take their neighbours' level, so that
+        # the running median sees the field of view only
+        at = np.nonzero(usable)[0]
+        median = np.interp(np.arange(median.size), at, median[at])
     size = round(WINDOW / BIN) | 1
     narrow = median - ndimage.median_filter(median, size=size, mode="nearest")
     if shrink:
         # standard error of a median: 1.2533 sigma / sqrt(n), sigma from the IQR
-        stderr = 1.2533 * (iqr / 1.349) / np.sqrt(c)
+        stderr = 1.2533 * (iqr / 1.349) / np.sqrt(cc)
         narrow = np.sign(narrow) * np.maximum(np.abs(narrow) - SIGNIFICANCE * stderr, 0.0)
-    narrow[~_usable(annuli)] = 0.0
+    narrow[~usable] = 0.0
     profile[annuli.present] = narrow
     return profile
+
+
+def field_of_view_fill(planes: list[npt.NDArray[Any]]) -> float | None:
+    """The constant outside a reconstruction's circular field of view, when the slices have one.
+
+    It is the value shared by the 3x3 corners of every given slice (noise makes corners of real
+    voxels differ); None when they differ.
+    """
+    corners: list[npt.NDArray[Any]] = []
+    for p in planes:
+        if min(p.shape) < 6:
+            return None
+        corners += [p[:3, :3], p[:3, -3:], p[-3:, :3], p[-3:, -3:]]
+    values = np.concatenate([np.ravel(c) for c in corners])
+    return float(values[0]) if values.size and np.all(values == values[0]) else None
 
 
 @dataclass(frozen=True)
@@ -125,6 +164,7 @@ class RingDetection:
 
     centre: tuple[float, float]
     fraction: float
+    fill: float | None = None  # the constant outside the field of view, if any
 
     @property
     def found(self) -> bool:
@@ -145,13 +185,14 @@ def detect_rings(
     y0, x0 = max(0, (ny - crop) // 2), max(0, (nx - crop) // 2)
     window = (slice(y0, min(ny, y0 + crop)), slice(x0, min(nx, x0 + crop)))
     planes = [np.asarray(volume[(z, *window)], dtype=np.float64) for z in zs]
+    fill = field_of_view_fill([np.asarray(volume[z]) for z in zs])
     middle = np.array([(ny - 1) / 2 - y0, (nx - 1) / 2 - x0])
 
     def profiles(
         centre: npt.NDArray[np.float64], sample: list[npt.NDArray[np.float64]]
     ) -> tuple[_Annuli, list[npt.NDArray[np.float32]]]:
         annuli = _Annuli.of(planes[0].shape, (float(centre[0]), float(centre[1])))
-        return annuli, [ring_profile(p, annuli) for p in sample]
+        return annuli, [ring_profile(p, annuli, fill=fill) for p in sample]
 
     def sharpness(centre: npt.NDArray[np.float64], sample: list[npt.NDArray[np.float64]]) -> float:
         return sum(float(np.sum(p.astype(np.float64) ** 2)) for p in profiles(centre, sample)[1])
@@ -171,7 +212,7 @@ def detect_rings(
     annuli, found = profiles(best, planes)
     usable = annuli.present[_usable(annuli)]
     fraction = float(np.mean([np.mean(p[usable] != 0) for p in found])) if usable.size else 0.0
-    return RingDetection((float(best[0] + y0), float(best[1] + x0)), fraction)
+    return RingDetection((float(best[0] + y0), float(best[1] + x0)), fraction, fill)
 
 
 def remove_rings(volume: Any, detection: RingDetection | None = None) -> Any:
@@ -192,7 +233,7 @@ def remove_rings(volume: Any, detection: RingDetection | None = None) -> Any:
         cx,
         100 * detection.fraction,
     )
-    return RingCorrectedVolume(volume, detection.centre)
+    return RingCorrectedVolume(volume, detection.centre, fill=detection.fill)
 
 
 class RingCorrectedVolume:
@@ -203,14 +244,20 @@ class RingCorrectedVolume:
     workers can read it.
     """
 
-    def __init__(self, volume: Any, centre: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self, volume: Any, centre: tuple[float, float] | None = None, *, fill: float | None = None
+    ) -> None:
         if len(volume.shape) != 3:
             raise ValueError(f"expected a 3D volume (z, y, x), got shape {tuple(volume.shape)}")
         self.volume = volume
         self.shape: tuple[int, int, int] = tuple(int(s) for s in volume.shape)  # type: ignore[assignment]
         self.dtype = np.dtype(np.float32)
         self.ndim = 3
-        self.centre = detect_rings(volume).centre if centre is None else centre
+        if centre is None:
+            detection = detect_rings(volume)
+            centre, fill = detection.centre, detection.fill if fill is None else fill
+        self.centre = centre
+        self.fill = fill
         self._annuli: _Annuli | None = None
         self._profiles: dict[int, npt.NDArray[np.float32]] = {}
         self._lock = threading.Lock()
@@ -220,10 +267,10 @@ class RingCorrectedVolume:
         return f"RingCorrectedVolume(shape={self.shape}, centre=({c[0]:.2f}, {c[1]:.2f}))"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"volume": self.volume, "centre": self.centre}
+        return {"volume": self.volume, "centre": self.centre, "fill": self.fill}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["volume"], state["centre"])  # type: ignore[misc]
+        self.__init__(state["volume"], state["centre"], fill=state["fill"])  # type: ignore[misc]
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -246,7 +293,7 @@ class RingCorrectedVolume:
             return cached
         if plane is None:
             plane = np.asarray(self.volume[z])
-        prof = ring_profile(plane, self.annuli)
+        prof = ring_profile(plane, self.annuli, fill=self.fill)
         with self._lock:
             self._profiles[z] = prof
         return prof
@@ -260,7 +307,10 @@ class RingCorrectedVolume:
         bins = self.annuli.bins[np.ix_(ys, xs)]
         for i, z in enumerate(zs):
             prof = self.profile(z, out[i] if whole_plane else None)
-            out[i] -= prof[bins]
+            if self.fill is None:
+                out[i] -= prof[bins]
+            else:  # the field of view's outside keeps its constant
+                out[i] -= np.where(out[i] == self.fill, np.float32(0), prof[bins])
         return out.reshape([n for n, sq in zip(out.shape, squeeze, strict=True) if not sq])
 
 
