@@ -84,7 +84,7 @@ def _usable(annuli: _Annuli, counts: npt.NDArray[np.intp] | None = None) -> npt.
 
 
 def ring_profile(
-    plane: npt.ArrayLike, annuli: _Annuli, *, shrink: bool = True, fill: float | None = None
+    plane: npt.ArrayLike, annuli: _Annuli, *, fill: float | None = None
 ) -> npt.NDArray[np.float32]:
     """The ring component of one slice, per radial bin (grey units; 0 where nothing is found).
 
@@ -129,10 +129,9 @@ def ring_profile(
         median = np.interp(np.arange(median.size), at, median[at])
     size = round(WINDOW / BIN) | 1
     narrow = median - ndimage.median_filter(median, size=size, mode="nearest")
-    if shrink:
-        # standard error of a median: 1.2533 sigma / sqrt(n), sigma from the IQR
-        stderr = 1.2533 * (iqr / 1.349) / np.sqrt(cc)
-        narrow = np.sign(narrow) * np.maximum(np.abs(narrow) - SIGNIFICANCE * stderr, 0.0)
+    # standard error of a median: 1.2533 sigma / sqrt(n), sigma from the IQR
+    stderr = 1.2533 * (iqr / 1.349) / np.sqrt(cc)
+    narrow = np.sign(narrow) * np.maximum(np.abs(narrow) - SIGNIFICANCE * stderr, 0.0)
     narrow[~usable] = 0.0
     profile[annuli.present] = narrow
     return profile
@@ -184,8 +183,9 @@ def detect_rings(
     zs = sorted(set(np.linspace(0, nz - 1, min(n_slices, nz)).round().astype(int).tolist()))
     y0, x0 = max(0, (ny - crop) // 2), max(0, (nx - crop) // 2)
     window = (slice(y0, min(ny, y0 + crop)), slice(x0, min(nx, x0 + crop)))
-    planes = [np.asarray(volume[(z, *window)], dtype=np.float64) for z in zs]
-    fill = field_of_view_fill([np.asarray(volume[z]) for z in zs])
+    whole = [np.asarray(volume[z]) for z in zs]  # read once: corners for the fill, centre crops
+    fill = field_of_view_fill(whole)
+    planes = [w[window].astype(np.float64) for w in whole]
     middle = np.array([(ny - 1) / 2 - y0, (nx - 1) / 2 - x0])
 
     def profiles(
