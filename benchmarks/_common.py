@@ -37,7 +37,7 @@ def _jsonable(v: Any) -> Any:
 def machine() -> dict[str, Any]:
     import torch
 
-    from napari_tomoseg.core.inference import cpu_has_native_bf16
+    from napari_tomoseg.core.segment import cpu_has_native_bf16
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -93,7 +93,7 @@ def peak_rss_gb() -> float:
 
 def phantom(shape: tuple[int, int, int], seed: int = 11) -> Any:
     """A synthetic composite (volume + ground truth) of ``shape``, seed never used in training."""
-    from napari_tomoseg.core.synthetic import PhantomConfig, make_phantom
+    from napari_tomoseg.core.phantom.composite import PhantomConfig, make_phantom
 
     return make_phantom(PhantomConfig(shape=shape), seed=seed)
 

@@ -30,14 +30,14 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(
 
 from _common import matmul_peak  # noqa: E402
 
-from napari_tomoseg.core.baseline import GreyLevelClassifier  # noqa: E402
-from napari_tomoseg.core.finetune import FinetuneConfig, finetune  # noqa: E402
-from napari_tomoseg.core.inference import InferenceConfig, segment_volume  # noqa: E402
-from napari_tomoseg.core.metrics import ConfusionAccumulator  # noqa: E402
+from napari_tomoseg.core.learn.finetune import FinetuneConfig, finetune  # noqa: E402
+from napari_tomoseg.core.measure.baseline import GreyLevelClassifier  # noqa: E402
+from napari_tomoseg.core.measure.metrics import ConfusionAccumulator  # noqa: E402
+from napari_tomoseg.core.measure.uncertainty import entropy, rank_slices  # noqa: E402
 from napari_tomoseg.core.model import bundled_model_path, load_model  # noqa: E402
-from napari_tomoseg.core.rings import remove_rings  # noqa: E402
-from napari_tomoseg.core.synthetic import PhantomConfig, make_phantom  # noqa: E402
-from napari_tomoseg.core.uncertainty import entropy, rank_slices  # noqa: E402
+from napari_tomoseg.core.phantom.composite import PhantomConfig, make_phantom  # noqa: E402
+from napari_tomoseg.core.prep.rings import remove_rings  # noqa: E402
+from napari_tomoseg.core.segment import InferenceConfig, segment_volume  # noqa: E402
 
 log = logging.getLogger("benchmarks.finetune")
 SEEDS = (500, 501, 502)  # bundled-model training used seeds 1000+

@@ -66,7 +66,7 @@ class RssSampler:
 def make_volume(path: Path, size: int, filled: int) -> None:
     import zarr
 
-    from napari_tomoseg.core.synthetic import PhantomConfig, make_phantom
+    from napari_tomoseg.core.phantom.composite import PhantomConfig, make_phantom
 
     tile = make_phantom(PhantomConfig(shape=(32, 256, 256)), seed=11).volume
     arr = zarr.create_array(

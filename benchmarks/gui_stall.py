@@ -163,8 +163,8 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
     from napari_tomoseg._napari._common import JobState, apply_phases
     from napari_tomoseg._napari.finetune import FinetuneWidget
     from napari_tomoseg._napari.segment import SegmentWidget
+    from napari_tomoseg.core.phantom.composite import PhantomConfig, make_phantom
     from napari_tomoseg.core.phases import COMPOSITE_PHASES
-    from napari_tomoseg.core.synthetic import PhantomConfig, make_phantom
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -37,12 +37,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 from _common import emit, flops_per_voxel, log, machine, matmul_peak, phantom  # noqa: E402
 
-from napari_tomoseg.core.inference import (  # noqa: E402
-    InferenceConfig,
-    Predictor,
-    iter_segment,
-)
-from napari_tomoseg.core.metrics import jaccard_per_phase  # noqa: E402
+from napari_tomoseg.core.measure.metrics import jaccard_per_phase  # noqa: E402
 from napari_tomoseg.core.model import (  # noqa: E402
     InferenceDefaults,
     ModularUNet,
@@ -51,8 +46,13 @@ from napari_tomoseg.core.model import (  # noqa: E402
     bundled_model_path,
     load_model,
 )
-from napari_tomoseg.core.normalize import apply_range  # noqa: E402
+from napari_tomoseg.core.prep.intensity import apply_range  # noqa: E402
 from napari_tomoseg.core.progress import run_to_completion  # noqa: E402
+from napari_tomoseg.core.segment import (  # noqa: E402
+    InferenceConfig,
+    Predictor,
+    iter_segment,
+)
 
 
 def run_ours(

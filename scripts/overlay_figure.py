@@ -14,9 +14,9 @@ import numpy as np
 from PIL import Image
 
 from napari_tomoseg.core import io
-from napari_tomoseg.core.inference import InferenceConfig, segment_volume
-from napari_tomoseg.core.metrics import phase_fractions
+from napari_tomoseg.core.measure.metrics import phase_fractions
 from napari_tomoseg.core.model import bundled_model_path, load_model
+from napari_tomoseg.core.segment import InferenceConfig, segment_volume
 
 
 def _rgb(hex_colour: str) -> np.ndarray:

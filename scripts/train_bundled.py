@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from napari_tomoseg import __version__
-from napari_tomoseg.core.inference import InferenceConfig, Predictor, iter_segment
-from napari_tomoseg.core.metrics import jaccard_per_phase
+from napari_tomoseg.core.learn.train import AnnotatedVolume, CropSampler, TrainConfig, iter_train
+from napari_tomoseg.core.measure.metrics import jaccard_per_phase
 from napari_tomoseg.core.model import (
     InferenceDefaults,
     ModularUNet,
@@ -35,11 +35,11 @@ from napari_tomoseg.core.model import (
     load_model,
     save_model,
 )
-from napari_tomoseg.core.normalize import Normalization, apply_range
+from napari_tomoseg.core.phantom.composite import PhantomConfig, make_phantom, random_config
 from napari_tomoseg.core.phases import COMPOSITE_PHASES
+from napari_tomoseg.core.prep.intensity import Normalization, apply_range
 from napari_tomoseg.core.progress import run_to_completion
-from napari_tomoseg.core.synthetic import PhantomConfig, make_phantom, random_config
-from napari_tomoseg.core.train import AnnotatedVolume, CropSampler, TrainConfig, iter_train
+from napari_tomoseg.core.segment import InferenceConfig, Predictor, iter_segment
 
 log = logging.getLogger("train_bundled")
 

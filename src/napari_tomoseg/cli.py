@@ -74,7 +74,7 @@ def _load_model(path: str | None) -> Any:
 
 
 def _inference_config(args: argparse.Namespace) -> Any:
-    from napari_tomoseg.core.inference import InferenceConfig, parse_memory
+    from napari_tomoseg.core.segment import InferenceConfig, parse_memory
 
     memory = getattr(args, "memory", None)
     return InferenceConfig(
@@ -99,8 +99,8 @@ def _segment(
     probabilities_out: Any = None,
     predictor: Any = None,
 ) -> Any:
-    from napari_tomoseg.core.inference import Predictor, iter_segment
     from napari_tomoseg.core.progress import run_to_completion
+    from napari_tomoseg.core.segment import Predictor, iter_segment
 
     config = _inference_config(args)
     if predictor is None:
@@ -143,7 +143,7 @@ class _EntropyOut:
         self.shape = (n_phases, *target.shape)
 
     def __setitem__(self, key: Any, probabilities: np.ndarray) -> None:
-        from napari_tomoseg.core.uncertainty import entropy
+        from napari_tomoseg.core.measure.uncertainty import entropy
 
         u = entropy(probabilities)
         self.target[key[1:]] = np.rint(u * np.float32(255)).astype(np.uint8)
@@ -170,7 +170,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     import contextlib
 
     from napari_tomoseg.core import io
-    from napari_tomoseg.core.inference import Predictor, format_bytes, resolve
+    from napari_tomoseg.core.segment import Predictor, format_bytes, resolve
 
     out_path = io.check_output_path(args.output, overwrite=args.overwrite)
     unc_path = (
@@ -191,7 +191,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.scheduler or args.local_cluster:
         if unc_path is not None:
             raise CliError("--uncertainty is not available with --scheduler / --local-cluster yet")
-        from napari_tomoseg.core.distributed import segment_distributed
+        from napari_tomoseg.core.segment.distributed import segment_distributed
 
         result = segment_distributed(
             args.input,
@@ -279,7 +279,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_tomoseg.core import io
-    from napari_tomoseg.core.metrics import confusion_matrix, jaccard_from_confusion
+    from napari_tomoseg.core.measure.metrics import confusion_matrix, jaccard_from_confusion
 
     pred = io.read_labels(args.prediction)
     ref = io.read_labels(args.reference)
@@ -329,7 +329,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _phantom_config(args: argparse.Namespace) -> Any:
     from dataclasses import replace
 
-    from napari_tomoseg.core.synthetic import PhantomConfig
+    from napari_tomoseg.core.phantom.composite import PhantomConfig
 
     cfg = PhantomConfig(shape=tuple(args.shape), dtype=args.dtype)
     changes = {
@@ -351,7 +351,7 @@ def _phantom_config(args: argparse.Namespace) -> Any:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from napari_tomoseg.core import io
-    from napari_tomoseg.core.synthetic import make_phantom
+    from napari_tomoseg.core.phantom.composite import make_phantom
 
     vol_path = io.check_output_path(args.output, overwrite=args.overwrite)
     lab_path = io.check_output_path(args.labels, overwrite=args.overwrite)
@@ -360,7 +360,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     ph = make_phantom(_phantom_config(args), seed=args.seed)
     io.write_volume(vol_path, ph.volume, overwrite=args.overwrite)
     io.write_labels(lab_path, ph.labels, phases=COMPOSITE_PHASES, overwrite=args.overwrite)
-    from napari_tomoseg.core.metrics import phase_fractions
+    from napari_tomoseg.core.measure.metrics import phase_fractions
 
     fr = phase_fractions(ph.labels, 3)
     print(
@@ -380,9 +380,9 @@ def _fresh_folder(base: Path) -> Path:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from napari_tomoseg.core import io
-    from napari_tomoseg.core.baseline import grey_level_baseline
-    from napari_tomoseg.core.metrics import jaccard_per_phase
-    from napari_tomoseg.core.synthetic import PhantomConfig, make_phantom
+    from napari_tomoseg.core.measure.baseline import grey_level_baseline
+    from napari_tomoseg.core.measure.metrics import jaccard_per_phase
+    from napari_tomoseg.core.phantom.composite import PhantomConfig, make_phantom
 
     _set_threads(args.threads)
     folder = Path(args.output) if args.output else _fresh_folder(Path("tomoseg-demo"))
@@ -435,7 +435,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         }
     else:
         from napari_tomoseg.core import io
-        from napari_tomoseg.core.normalize import subsample
+        from napari_tomoseg.core.prep.intensity import subsample
 
         vol = io.read_volume(path, lazy=True)
         sample = subsample(vol, 1_000_000)

@@ -24,7 +24,7 @@ VOXEL_UM = 1.3
 
 @cache
 def _phantom():
-    from napari_tomoseg.core.synthetic import PhantomConfig, make_phantom
+    from napari_tomoseg.core.phantom.composite import PhantomConfig, make_phantom
 
     return make_phantom(PhantomConfig(shape=SMALL_SHAPE), seed=3)
 

@@ -10,8 +10,8 @@ from qtpy.QtWidgets import QDialog
 import napari_tomoseg._napari._common as common
 from napari_tomoseg._napari._common import JobState
 from napari_tomoseg._napari.annotate import ANNOTATIONS, AnnotateWidget, RemapDialog, autosave_path
+from napari_tomoseg.core.measure.uncertainty import SliceScoreAccumulator
 from napari_tomoseg.core.phases import PhaseTable
-from napari_tomoseg.core.uncertainty import SliceScoreAccumulator
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from napari_tomoseg._napari._common import JobState
 from napari_tomoseg._napari.annotate import ANNOTATIONS, AnnotateWidget
 from napari_tomoseg._napari.segment import PREDICTION, UNCERTAINTY, SegmentWidget
 from napari_tomoseg.core import io
-from napari_tomoseg.core.labelstore import summarize_labels
-from napari_tomoseg.core.uncertainty import rank_scores, slice_scores
+from napari_tomoseg.core.io.labelstore import summarize_labels
+from napari_tomoseg.core.measure.uncertainty import rank_scores, slice_scores
 
 VOXEL = (1.3, 1.3, 1.3)
 
@@ -43,8 +43,8 @@ def big(monkeypatch, tmp_path, small_phantom, make_napari_viewer):
 
 
 def _core_labels(volume):
-    from napari_tomoseg.core.inference import InferenceConfig, segment_volume
     from napari_tomoseg.core.model import bundled_model_path, load_model
+    from napari_tomoseg.core.segment import InferenceConfig, segment_volume
 
     model = load_model(bundled_model_path())
     return segment_volume(volume, model, InferenceConfig(tile=512, overlap=32, device="cpu")).labels

@@ -9,8 +9,12 @@ from qtpy.QtWidgets import QApplication, QFileDialog, QMessageBox
 from napari_tomoseg._napari import _common, evaluate
 from napari_tomoseg._napari._common import JobState, apply_phases
 from napari_tomoseg._napari.evaluate import EvaluateWidget
-from napari_tomoseg.core.baseline import GreyLevelClassifier
-from napari_tomoseg.core.metrics import confusion_matrix, jaccard_from_confusion, phase_fractions
+from napari_tomoseg.core.measure.baseline import GreyLevelClassifier
+from napari_tomoseg.core.measure.metrics import (
+    confusion_matrix,
+    jaccard_from_confusion,
+    phase_fractions,
+)
 from napari_tomoseg.core.phases import COMPOSITE_PHASES
 
 from .conftest import VOXEL_UM

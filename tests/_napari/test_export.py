@@ -14,7 +14,7 @@ from napari_tomoseg._napari._common import JobState, apply_phases
 from napari_tomoseg._napari.evaluate import EvaluateWidget
 from napari_tomoseg._napari.export import ExportWidget
 from napari_tomoseg.core import io
-from napari_tomoseg.core.metrics import jaccard_per_phase, phase_fractions
+from napari_tomoseg.core.measure.metrics import jaccard_per_phase, phase_fractions
 from napari_tomoseg.core.phases import COMPOSITE_PHASES
 
 from .conftest import VOXEL_UM

@@ -84,7 +84,7 @@ def test_finetune_plot_segment_again_and_save(annotated_viewer, widget, qtbot, w
     assert wait_job(seg.runner) is JobState.DONE
     pred = annotated_viewer.layers[PREDICTION]
     assert pred.metadata["tomoseg_model"] == "in memory"
-    from napari_tomoseg.core.inference import InferenceConfig, segment_volume
+    from napari_tomoseg.core.segment import InferenceConfig, segment_volume
 
     expected = segment_volume(
         annotated_viewer.layers["composite"].data, res.model, InferenceConfig(device="cpu")

@@ -8,7 +8,7 @@ import pytest
 import napari_tomoseg._napari._common as common
 from napari_tomoseg._napari._common import JobState
 from napari_tomoseg._napari.segment import PREDICTION, UNCERTAINTY, SegmentWidget
-from napari_tomoseg.core.uncertainty import slice_scores
+from napari_tomoseg.core.measure.uncertainty import slice_scores
 
 
 @pytest.fixture
@@ -26,8 +26,8 @@ def widget(sample_viewer, qtbot):
 
 
 def _core_labels(volume, **kwargs):
-    from napari_tomoseg.core.inference import InferenceConfig, segment_volume
     from napari_tomoseg.core.model import bundled_model_path, load_model
+    from napari_tomoseg.core.segment import InferenceConfig, segment_volume
 
     return segment_volume(
         volume, load_model(bundled_model_path()), InferenceConfig(**kwargs)

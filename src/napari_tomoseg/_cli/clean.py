@@ -80,7 +80,7 @@ def _phase_id(text: str, table: PhaseTable | None, option: str) -> int:
 
 def cmd_clean(args: argparse.Namespace) -> int:
     from napari_tomoseg.core import io
-    from napari_tomoseg.core.postprocess import find_blobs, reassign_blobs
+    from napari_tomoseg.core.measure.blobs import find_blobs, reassign_blobs
 
     out_path = io.check_output_path(args.output, overwrite=args.overwrite)
     src = Path(args.labels).expanduser()

@@ -19,7 +19,7 @@ AXES = {"z": 0, "y": 1, "x": 2}
 
 def cmd_suggest(args: argparse.Namespace) -> int:
     from napari_tomoseg.core import io
-    from napari_tomoseg.core.uncertainty import suggest_slices
+    from napari_tomoseg.core.measure.uncertainty import suggest_slices
 
     if args.n < 1:
         raise CliError(f"-n must be >= 1, got {args.n}")

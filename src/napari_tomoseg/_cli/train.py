@@ -68,7 +68,7 @@ def _keep_slices(annotations: np.ndarray, axis: int, indices: list[int]) -> np.n
 
 def cmd_train(args: argparse.Namespace) -> int:
     from napari_tomoseg.core import io
-    from napari_tomoseg.core.finetune import FinetuneConfig, plan_finetune
+    from napari_tomoseg.core.learn.finetune import FinetuneConfig, plan_finetune
     from napari_tomoseg.core.model import save_model
     from napari_tomoseg.core.phases import PhaseTable
 
@@ -167,7 +167,7 @@ def _run(
 ) -> Any:
     from tqdm import tqdm
 
-    from napari_tomoseg.core.finetune import iter_finetune
+    from napari_tomoseg.core.learn.finetune import iter_finetune
     from napari_tomoseg.core.progress import CancelToken
 
     by_steps = config.steps is not None and config.budget is None
@@ -185,7 +185,7 @@ def _run(
         device=device,
     )
     # The plan's notes were printed already; the core logs them again for library users.
-    core_log = logging.getLogger("napari_tomoseg.core.finetune")
+    core_log = logging.getLogger("napari_tomoseg.core.learn.finetune")
     printed = _DropMessages(notes)
     core_log.addFilter(printed)
     try:

@@ -157,11 +157,11 @@ WARM_UP_MODULES = (
     "pandas",
     "skimage.color",  # napari, for the first labels layer
     "skimage.exposure",
-    "napari_tomoseg.core.labelstore",  # and zarr
+    "napari_tomoseg.core.io.labelstore",  # and zarr
     "torch",
-    "napari_tomoseg.core.inference",
-    "napari_tomoseg.core.finetune",
-    "napari_tomoseg.core.uncertainty",
+    "napari_tomoseg.core.segment",
+    "napari_tomoseg.core.learn.finetune",
+    "napari_tomoseg.core.measure.uncertainty",
 )
 _warm_up_thread: threading.Thread | None = None
 
@@ -630,7 +630,7 @@ class Session:
     ``models``: models in memory by display name (e.g. a fine-tuned one not yet saved).
     ``uncertainty``: the last segmentation's per-voxel uncertainty (float16 in memory, or a uint8
     zarr store holding 255 x entropy for a big volume), the per-slice mean uncertainty along each axis
-    (``slice_scores``, a :class:`~napari_tomoseg.core.uncertainty.SliceScoreAccumulator`) and the
+    (``slice_scores``, a :class:`~napari_tomoseg.core.measure.uncertainty.SliceScoreAccumulator`) and the
     name of the image layer they belong to.
     ``widgets``: the dock widgets created for this viewer, by kind ("segment", "annotate", ...).
     """

@@ -73,7 +73,7 @@ def autosave_path(image: Any, folder: Path | None = None) -> Path:
 
 
 def _uses_store(image: Any) -> bool:
-    from napari_tomoseg.core.labelstore import needs_store
+    from napari_tomoseg.core.io.labelstore import needs_store
 
     return needs_store(check_image_layer(image).shape)
 
@@ -94,7 +94,7 @@ class RemapDialog(QDialog):
     def __init__(
         self, ids: Any, counts: Any, phases: PhaseTable, parent: QWidget | None = None
     ) -> None:
-        from napari_tomoseg.core.remap import guess_mapping
+        from napari_tomoseg.core.io.remap import guess_mapping
 
         super().__init__(parent)
         self.setWindowTitle("Import labels: which id is which phase?")
@@ -236,7 +236,7 @@ class AnnotateWidget(QWidget):
         """Use ``phases`` for the annotations (refuses to drop a phase that holds annotations)."""
         layer = self._layer
         if layer is not None and len(phases) < len(self.phases):
-            from napari_tomoseg.core.labelstore import summarize_labels
+            from napari_tomoseg.core.io.labelstore import summarize_labels
 
             top = summarize_labels(layer.data).top_id
             if top > len(phases):
@@ -333,7 +333,7 @@ class AnnotateWidget(QWidget):
                 return None
             self._bind(layer)
             return layer
-        from napari_tomoseg.core.labelstore import needs_store
+        from napari_tomoseg.core.io.labelstore import needs_store
 
         if needs_store(shape):
             try:
@@ -354,7 +354,7 @@ class AnnotateWidget(QWidget):
     def _open_store(self, image: Any, shape: tuple[int, ...]) -> tuple[Any, str | None]:
         """The annotations of a volume too big for memory: a zarr store next to it, reopened if it
         exists. Painting writes straight into it, so nothing is lost in a crash."""
-        from napari_tomoseg.core.labelstore import (
+        from napari_tomoseg.core.io.labelstore import (
             create_store,
             open_store,
             store_phases,
@@ -440,7 +440,7 @@ class AnnotateWidget(QWidget):
 
         def count() -> tuple[np.ndarray, np.ndarray]:
             # Only the chunks holding annotations are read when the layer is a store.
-            from napari_tomoseg.core.labelstore import summarize_labels
+            from napari_tomoseg.core.io.labelstore import summarize_labels
 
             summary = summarize_labels(data, n_ids=n)
             return summary.voxels, summary.slices_per_id(axis)
@@ -516,7 +516,7 @@ class AnnotateWidget(QWidget):
         return True
 
     def _save_store(self, layer: Any, phases: PhaseTable) -> bool:
-        from napari_tomoseg.core.labelstore import set_store_phases
+        from napari_tomoseg.core.io.labelstore import set_store_phases
 
         if not hasattr(layer.data, "attrs"):
             return False  # e.g. a dask array: read-only, nothing of ours to save
@@ -590,7 +590,7 @@ class AnnotateWidget(QWidget):
 
         def job(token: Any) -> Generator[None, None, Any]:
             from napari_tomoseg.core.io import read_labels
-            from napari_tomoseg.core.remap import label_ids
+            from napari_tomoseg.core.io.remap import label_ids
 
             yield from ()
             labels = read_labels(path)
@@ -616,7 +616,7 @@ class AnnotateWidget(QWidget):
 
     def apply_import(self, labels: Any, mapping: dict[int, int]) -> int:
         """Merge remapped labels into the annotations (mapped ids replace, 'not annotated' keeps)."""
-        from napari_tomoseg.core.remap import remap_labels
+        from napari_tomoseg.core.io.remap import remap_labels
 
         layer = self.ensure_layer()
         mapped = remap_labels(labels, mapping, len(self.phases))
@@ -656,8 +656,8 @@ class AnnotateWidget(QWidget):
         ann = layer.data
 
         def job(token: Any) -> Generator[None, None, Any]:
-            from napari_tomoseg.core.labelstore import summarize_labels
-            from napari_tomoseg.core.uncertainty import rank_scores
+            from napari_tomoseg.core.io.labelstore import summarize_labels
+            from napari_tomoseg.core.measure.uncertainty import rank_scores
 
             yield from ()
             annotated = summarize_labels(ann).slices(axis)

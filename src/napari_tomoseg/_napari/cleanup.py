@@ -39,7 +39,7 @@ from napari_tomoseg.core.phases import PhaseTable
 if TYPE_CHECKING:
     import napari
 
-    from napari_tomoseg.core.postprocess import BlobTable
+    from napari_tomoseg.core.measure.blobs import BlobTable
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class CleanupWidget(QWidget):
         self.controls.status.setText("Finding blobs…")
 
         def make(token: Any) -> Any:
-            from napari_tomoseg.core.postprocess import iter_find_blobs
+            from napari_tomoseg.core.measure.blobs import iter_find_blobs
 
             return iter_find_blobs(data, phase, axis=axis, cancel=token)
 
@@ -251,7 +251,7 @@ class CleanupWidget(QWidget):
         layer, data = self._analysed
         from napari.utils.colormaps import DirectLabelColormap
 
-        from napari_tomoseg.core.postprocess import blob_mask
+        from napari_tomoseg.core.measure.blobs import blob_mask
 
         try:
             mask = blob_mask(data, self.blobs, self.selection)
@@ -291,7 +291,7 @@ class CleanupWidget(QWidget):
         if layer not in self.viewer.layers or layer.data is not data:
             self._stale("the analysed layer was removed or replaced; analyse again")
             return
-        from napari_tomoseg.core.postprocess import reassign_blobs
+        from napari_tomoseg.core.measure.blobs import reassign_blobs
 
         target = self.to_combo.currentText()
         to = None if target == _SURROUNDING else self.phases().id_of(target)

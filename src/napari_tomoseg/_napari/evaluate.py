@@ -214,13 +214,13 @@ def iter_evaluate(
             f"{names[0]} {pred.shape} and {names[1]} {ref.shape} differ in shape; choose layers "
             "of the same volume"
         )
-    from napari_tomoseg.core.metrics import (
+    from napari_tomoseg.core.measure.blobs import slice_fractions
+    from napari_tomoseg.core.measure.metrics import (
         confusion_matrix,
         jaccard_from_confusion,
         mean_jaccard,
         phase_fractions,
     )
-    from napari_tomoseg.core.postprocess import slice_fractions
 
     n = len(phases)
 
@@ -262,7 +262,7 @@ def iter_evaluate(
     if image is not None:
         yield "grey-level baseline"
         check()
-        from napari_tomoseg.core.baseline import GreyLevelClassifier
+        from napari_tomoseg.core.measure.baseline import GreyLevelClassifier
 
         img = np.asarray(image)
         if img.shape != pred.shape:

@@ -153,7 +153,7 @@ def build_report(
 ) -> dict[str, Any]:
     """The export report: phase fractions and volumes, per-phase Jaccard of the last evaluation
     (when it was of this layer), the model's provenance, software versions."""
-    from napari_tomoseg.core.postprocess import phase_statistics
+    from napari_tomoseg.core.measure.blobs import phase_statistics
 
     stats = phase_statistics(labels, phases, voxel_size=voxel_size)
     report: dict[str, Any] = {

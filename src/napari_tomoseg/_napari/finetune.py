@@ -228,7 +228,7 @@ class FinetuneWidget(QWidget):
 
     # form ------------------------------------------------------------------------------------
     def config_kwargs(self) -> dict[str, Any]:
-        """The form as keyword arguments of :class:`~napari_tomoseg.core.finetune.FinetuneConfig`."""
+        """The form as keyword arguments of :class:`~napari_tomoseg.core.learn.finetune.FinetuneConfig`."""
         validation = VALIDATION[self.validation.currentText()]
         kwargs: dict[str, Any] = {
             "learning_rate": float(self.learning_rate.value()),
@@ -288,7 +288,7 @@ class FinetuneWidget(QWidget):
         )  # a snapshot: painting goes on
 
         def plan_job(token: Any) -> Generator[None, None, Any]:
-            from napari_tomoseg.core.finetune import FinetuneConfig, plan_finetune
+            from napari_tomoseg.core.learn.finetune import FinetuneConfig, plan_finetune
 
             yield from ()
             config = FinetuneConfig(**kwargs)
@@ -322,7 +322,7 @@ class FinetuneWidget(QWidget):
         total = config.steps
 
         def job(token: Any) -> Generator[Any, None, Any]:
-            from napari_tomoseg.core.finetune import iter_finetune
+            from napari_tomoseg.core.learn.finetune import iter_finetune
 
             result = yield from iter_finetune(
                 volume,

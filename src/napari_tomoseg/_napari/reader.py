@@ -97,7 +97,7 @@ def _labels(path: Path) -> Any:
     """A label file's data: in memory, or, for a store of a volume too big for memory (such as the
     prediction or annotations napari-tomoseg keeps next to a big volume), the store itself, opened
     for painting."""
-    from napari_tomoseg.core.labelstore import needs_store, open_store
+    from napari_tomoseg.core.io.labelstore import needs_store, open_store
 
     try:
         store = open_store(path, kind="labels")

@@ -18,7 +18,7 @@ def make_composite(seed: int = 0) -> list[tuple[Any, dict[str, Any], str]]:
     """A 128³ synthetic glass-fibre composite (uint8, 1.3 µm voxels) and its ground-truth phases."""
     from napari.utils.colormaps import DirectLabelColormap
 
-    from napari_tomoseg.core.synthetic import make_phantom
+    from napari_tomoseg.core.phantom.composite import make_phantom
 
     ph = make_phantom(seed=seed)
     colours: dict[int | None, str] = {

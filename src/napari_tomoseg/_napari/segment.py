@@ -109,7 +109,7 @@ class _EntropySink:
         self._quantize = np.dtype(out.dtype) == np.uint8
 
     def __setitem__(self, key: tuple[slice, ...], probs: np.ndarray) -> None:
-        from napari_tomoseg.core.uncertainty import entropy
+        from napari_tomoseg.core.measure.uncertainty import entropy
 
         u = entropy(probs.astype(np.float32))
         self.scores.add(key[1:], u)
@@ -248,7 +248,7 @@ class SegmentWidget(QWidget):
             pass
 
     def settings(self) -> dict[str, Any]:
-        """The form as keyword arguments of :class:`~napari_tomoseg.core.inference.InferenceConfig`
+        """The form as keyword arguments of :class:`~napari_tomoseg.core.segment.InferenceConfig`
         (built in the worker, which imports torch)."""
         tile = self.tile.value()
         if tile % 8:
@@ -298,7 +298,7 @@ class SegmentWidget(QWidget):
             return False
         shape = tuple(int(s) for s in volume.shape)
         keep_uncertainty = self.keep_uncertainty.isChecked()
-        from napari_tomoseg.core.labelstore import needs_store
+        from napari_tomoseg.core.io.labelstore import needs_store
 
         if needs_store(shape):
             try:
@@ -317,8 +317,8 @@ class SegmentWidget(QWidget):
         state: dict[str, Any] = {"layer": self._show_prediction(shown, layer, phases)}
 
         def job(token: Any) -> Generator[Any, None, Any]:
-            from napari_tomoseg.core.inference import InferenceConfig, Predictor, iter_segment
-            from napari_tomoseg.core.uncertainty import SliceScoreAccumulator
+            from napari_tomoseg.core.measure.uncertainty import SliceScoreAccumulator
+            from napari_tomoseg.core.segment import InferenceConfig, Predictor, iter_segment
 
             config = InferenceConfig(**settings)
             model = load()
@@ -414,7 +414,7 @@ class SegmentWidget(QWidget):
     def _store_paths(self, image: Any, keep_uncertainty: bool) -> dict[str, Any]:
         """Where the on-disk prediction (and uncertainty) of ``image`` go; refuses to replace a
         folder napari-tomoseg did not write."""
-        from napari_tomoseg.core.labelstore import is_store
+        from napari_tomoseg.core.io.labelstore import is_store
 
         paths: dict[str, Any] = {"prediction": companion_path(image, PREDICTION_STORE_SUFFIX)}
         paths["uncertainty"] = (
@@ -452,10 +452,10 @@ class SegmentWidget(QWidget):
         def job(token: Any) -> Generator[Any, None, Any]:
             import contextlib
 
-            from napari_tomoseg.core.inference import InferenceConfig, Predictor, iter_segment
             from napari_tomoseg.core.io import streaming_output
-            from napari_tomoseg.core.labelstore import LABEL_CHUNKS
-            from napari_tomoseg.core.uncertainty import SliceScoreAccumulator
+            from napari_tomoseg.core.io.labelstore import LABEL_CHUNKS
+            from napari_tomoseg.core.measure.uncertainty import SliceScoreAccumulator
+            from napari_tomoseg.core.segment import InferenceConfig, Predictor, iter_segment
 
             config = InferenceConfig(**settings)
             model = load()
@@ -506,7 +506,7 @@ class SegmentWidget(QWidget):
                 state["layer"].refresh()
 
         def on_return(res: Any) -> None:
-            from napari_tomoseg.core.labelstore import open_store
+            from napari_tomoseg.core.io.labelstore import open_store
 
             model, result, scores = res
             data = open_store(stores["prediction"], shape=shape, kind="labels")
@@ -589,7 +589,7 @@ class SegmentWidget(QWidget):
         mode = settings["mode"]
 
         def job(token: Any) -> Generator[Any, None, Any]:
-            from napari_tomoseg.core.inference import InferenceConfig, Predictor, iter_segment
+            from napari_tomoseg.core.segment import InferenceConfig, Predictor, iter_segment
 
             model = load()
             predictor = Predictor(model, device=settings["device"])
@@ -659,7 +659,7 @@ class SegmentWidget(QWidget):
             return False
 
         def job(token: Any) -> Generator[Any, None, Any]:
-            from napari_tomoseg.core.mask import detect_field_of_view
+            from napari_tomoseg.core.prep.mask import detect_field_of_view
 
             yield from ()
             return detect_field_of_view(volume, axis=axis)

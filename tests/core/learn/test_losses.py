@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_tomoseg.core.learn.losses import masked_cross_entropy, phase_weights, soft_jaccard_loss
+
+
+def _logits_for(labels: torch.Tensor, n: int, scale: float = 50.0) -> torch.Tensor:
+    onehot = torch.nn.functional.one_hot(labels.clamp(min=1) - 1, n).movedim(-1, 1).float()
+    return onehot * scale
+
+
+def test_soft_jaccard_matches_hand_computation():
+    # one image of 4 voxels, 2 phases; logits chosen so softmax p(phase 1) = [0.5, 0.5, 0.5, 0.5]
+    logits = torch.zeros(1, 2, 1, 4)
+    target = torch.tensor([[[1, 1, 2, 0]]])  # last voxel not annotated
+    # phase 1: y = [1,1,0], p = [.5,.5,.5] -> I = 1, sum y^2 = 2, sum p^2 = .75 -> 1 - 2/(2.75 - 1 + 1)
+    # phase 2: y = [0,0,1], p = [.5,.5,.5] -> I = .5, sum y^2 = 1, sum p^2 = .75 -> 1 - 1.5/(1.75 - .5 + 1)
+    expected = ((1 - 2 / 2.75) + (1 - 1.5 / 2.25)) / 2
+    assert soft_jaccard_loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_soft_jaccard_near_zero_for_perfect_prediction_and_high_for_wrong():
+    target = torch.randint(1, 4, (2, 8, 8))
+    assert soft_jaccard_loss(_logits_for(target, 3), target).item() < 0.01
+    wrong = (target % 3) + 1
+    assert soft_jaccard_loss(_logits_for(wrong, 3), target).item() > 0.95
+
+
+def test_unannotated_voxels_give_no_gradient():
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, 0, 0] = 2
+    (soft_jaccard_loss(logits, target) + masked_cross_entropy(logits, target)).backward()
+    grad = logits.grad.abs().sum(dim=1)[0]
+    assert grad[0, 0] > 0
+    grad[0, 0] = 0
+    assert torch.all(grad == 0)
+
+
+def test_rare_phase_weighs_like_the_matrix():
+    # 99 matrix voxels right, 1 pore voxel wrong: the phase-averaged loss stays large.
+    target = torch.ones(1, 1, 100, dtype=torch.long)
+    target[0, 0, 0] = 2
+    pred = torch.ones_like(target)
+    loss = soft_jaccard_loss(_logits_for(pred, 2), target).item()
+    # The pore term alone is 1 - (0 + 1) / (1 + 0 - 0 + 1) = 0.5; averaged with ~0 for the matrix.
+    assert loss == pytest.approx(0.25, abs=0.01)  # 25x the 1 % voxel error rate
+
+
+def test_cross_entropy_ignores_unannotated_and_handles_empty():
+    logits = torch.randn(1, 3, 5)
+    target = torch.tensor([[0, 1, 2, 3, 0]])
+    expected = torch.nn.functional.cross_entropy(logits[..., 1:4], target[:, 1:4] - 1)
+    assert masked_cross_entropy(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert masked_cross_entropy(logits, torch.zeros_like(target)).item() == 0.0
+
+
+def test_phase_weights_inverse_sqrt_frequency():
+    w = phase_weights([9900, 0, 100]).numpy()
+    assert w[1] == 0.0
+    assert w[2] / w[0] == pytest.approx(np.sqrt(99), rel=1e-4)
+    assert w[[0, 2]].mean() == pytest.approx(1.0)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="do not match"):
+        soft_jaccard_loss(torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long))
