@@ -32,7 +32,7 @@ def napari_get_reader(path: str | list[str]) -> Any:
         path = path[0]
     p = Path(path)
     if p.is_dir():
-        if p.suffix.lower() == ".zarr" or io._is_zarr_folder(p) or _has_tiff_slices(p):
+        if p.suffix.lower() == ".zarr" or io.is_zarr_folder(p) or _has_tiff_slices(p):
             return read_path
         return None
     if p.suffix.lower() in SUFFIXES:

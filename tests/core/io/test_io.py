@@ -22,6 +22,7 @@ from napari_tomoseg.core.io import (
     write_labels,
     write_volume,
 )
+from napari_tomoseg.core.io import write as io_write
 from napari_tomoseg.core.phases import COMPOSITE_PHASES, PhaseTable
 
 
@@ -380,7 +381,7 @@ def test_disk_full_leaves_no_partial_file_and_keeps_the_original(
     elif suffix == ".tif":
         monkeypatch.setattr(tifffile, "imwrite", disk_full)
     elif suffix == ".npy":
-        monkeypatch.setattr(io, "_write_npy", disk_full)
+        monkeypatch.setattr(io_write, "_write_npy", disk_full)
     else:
         monkeypatch.setattr(zarr, "create_array", disk_full)
     with pytest.raises(OSError, match="No space left"):

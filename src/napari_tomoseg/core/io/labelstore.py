@@ -26,7 +26,8 @@ import numpy as np
 import numpy.typing as npt
 import zarr
 
-from napari_tomoseg.core import io
+from napari_tomoseg.core.io.metadata import METADATA_KEY, check_voxel_size, file_metadata
+from napari_tomoseg.core.io.write import create_uint8_store
 from napari_tomoseg.core.phases import PhaseTable
 
 __all__ = [
@@ -89,7 +90,7 @@ def _open_ours(p: Path, kind: StoreKind | None, mode: Literal["r", "r+"]) -> Any
         arr = zarr.open_array(str(p), mode=mode)
     except (ValueError, OSError, TypeError, KeyError):
         return None
-    meta = arr.attrs.get(io.METADATA_KEY)
+    meta = arr.attrs.get(METADATA_KEY)
     if not isinstance(meta, dict) or meta.get("format") != "napari-tomoseg":
         return None
     return arr if kind is None or meta.get("kind") == kind else None
@@ -117,8 +118,8 @@ def create_store(
     shp = tuple(int(s) for s in shape)
     if len(shp) != 3 or min(shp) < 1:
         raise ValueError(f"a label store needs a 3D shape (z, y, x), got {shp}")
-    meta = io._metadata(kind, shp, io._check_voxel_size(voxel_size), phases)
-    return io._uint8_store(p, shp, chunks, meta)
+    meta = file_metadata(kind, shp, check_voxel_size(voxel_size), phases)
+    return create_uint8_store(p, shp, chunks, meta)
 
 
 def open_store(
@@ -150,16 +151,16 @@ def open_store(
 
 def store_phases(arr: Any) -> PhaseTable | None:
     """The phase table kept in a store's metadata, if any."""
-    meta = arr.attrs.get(io.METADATA_KEY)
+    meta = arr.attrs.get(METADATA_KEY)
     raw = meta.get("phases") if isinstance(meta, dict) else None
     return PhaseTable.from_json(raw) if raw else None
 
 
 def set_store_phases(arr: Any, phases: PhaseTable) -> None:
     """Record ``phases`` in a store's metadata (the voxels are written as they are painted)."""
-    meta = dict(arr.attrs.get(io.METADATA_KEY) or {})
+    meta = dict(arr.attrs.get(METADATA_KEY) or {})
     meta["phases"] = phases.to_json()
-    arr.attrs[io.METADATA_KEY] = meta
+    arr.attrs[METADATA_KEY] = meta
 
 
 def _is_zarr_array(arr: Any) -> bool:
