@@ -25,13 +25,6 @@ def labels_file(tmp_path):
     return path, v
 
 
-def _fails(argv, capsys, match):
-    assert main(argv) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("tomoseg: error:") and "\n" not in err, err
-    assert match in err, err
-
-
 def test_clean_moves_streaks_and_keeps_metadata(labels_file, tmp_path, capsys):
     path, v = labels_file
     out = tmp_path / "clean.tif"
@@ -70,11 +63,11 @@ def test_clean_writes_blob_csv(labels_file, tmp_path):
     assert float(rows[1]["aspect_ratio"]) == pytest.approx(16.0)
 
 
-def test_clean_refuses_to_overwrite(labels_file, tmp_path, capsys):
+def test_clean_refuses_to_overwrite(labels_file, tmp_path, fails):
     path, _ = labels_file
     out = tmp_path / "exists.tif"
     out.write_bytes(b"keep me")
-    _fails(["clean", str(path), "-o", str(out), "--phase", "pore"], capsys, "exists")
+    fails(["clean", str(path), "-o", str(out), "--phase", "pore"], "exists")
     assert out.read_bytes() == b"keep me"
     assert main(["clean", str(path), "-o", str(out), "--phase", "pore", "--overwrite"]) == 0
     assert io.read_labels(out).shape == (3, 20, 24)
@@ -89,15 +82,15 @@ def test_clean_refuses_to_overwrite(labels_file, tmp_path, capsys):
         (["--phase", "pore", "--min-aspect", "0.5"], "min_aspect"),
     ],
 )
-def test_clean_bad_options(labels_file, tmp_path, capsys, extra, match):
+def test_clean_bad_options(labels_file, tmp_path, fails, extra, match):
     path, _ = labels_file
     out = tmp_path / "c.tif"
-    _fails(["clean", str(path), "-o", str(out), *extra], capsys, match)
+    fails(["clean", str(path), "-o", str(out), *extra], match)
     assert not out.exists()
 
 
-def test_clean_phase_names_need_a_phase_table(tmp_path, capsys):
+def test_clean_phase_names_need_a_phase_table(tmp_path, fails):
     path = tmp_path / "plain.npy"
     np.save(path, np.ones((2, 4, 4), dtype=np.uint8))
-    _fails(["clean", str(path), "-o", str(tmp_path / "c.npy"), "--phase", "pore"], capsys, "id")
+    fails(["clean", str(path), "-o", str(tmp_path / "c.npy"), "--phase", "pore"], "id")
     assert main(["clean", str(path), "-o", str(tmp_path / "c.npy"), "--phase", "1"]) == 0

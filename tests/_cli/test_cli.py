@@ -37,13 +37,6 @@ def phantom(tmp_path_factory):
     return d
 
 
-def _fails(argv, capsys, match):
-    assert main(argv) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("tomoseg: error:") and "\n" not in err, err
-    assert match in err, err
-
-
 def test_synth_writes_volume_and_truth(phantom):
     vol = io.read_volume(phantom / "vol.tif")
     assert vol.shape == (8, 64, 64) and vol.dtype == np.uint8
@@ -111,10 +104,10 @@ def test_evaluate_known_values(tmp_path, capsys):
     assert rep["per_phase"]["pore"] is None
 
 
-def test_segment_refuses_existing_output_and_keeps_it(phantom, tmp_path, capsys):
+def test_segment_refuses_existing_output_and_keeps_it(phantom, tmp_path, fails):
     out = tmp_path / "pred.tif"
     out.write_bytes(b"precious")
-    _fails(["segment", str(phantom / "vol.tif"), "-o", str(out)], capsys, "--overwrite")
+    fails(["segment", str(phantom / "vol.tif"), "-o", str(out)], "--overwrite")
     assert out.read_bytes() == b"precious"
 
 
@@ -131,25 +124,22 @@ def test_segment_refuses_existing_output_and_keeps_it(phantom, tmp_path, capsys)
         (np.zeros((2, 8, 8, 3), np.uint8), "RGB"),
     ],
 )
-def test_segment_bad_volumes(array, match, tmp_path, capsys):
+def test_segment_bad_volumes(array, match, tmp_path, fails):
     src = tmp_path / "bad.npy"
     np.save(src, array)
     out = tmp_path / "out.tif"
-    _fails(["segment", str(src), "-o", str(out)], capsys, match)
+    fails(["segment", str(src), "-o", str(out)], match)
     assert not out.exists()
 
 
-def test_segment_other_bad_inputs(phantom, tmp_path, capsys):
+def test_segment_other_bad_inputs(phantom, tmp_path, fails):
     vol = str(phantom / "vol.tif")
-    _fails(
+    fails(
         ["segment", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "o.tif")],
-        capsys,
         "missing.tif",
     )
-    _fails(
-        ["segment", vol, "-o", str(tmp_path / "no" / "such" / "o.tif")], capsys, "does not exist"
-    )
-    _fails(
+    fails(["segment", vol, "-o", str(tmp_path / "no" / "such" / "o.tif")], "does not exist")
+    fails(
         [
             "segment",
             vol,
@@ -158,29 +148,27 @@ def test_segment_other_bad_inputs(phantom, tmp_path, capsys):
             "--model",
             str(tmp_path / "nope.safetensors"),
         ],
-        capsys,
         "nope.safetensors",
     )
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x00" * 100)
-    _fails(
+    fails(
         ["segment", vol, "-o", str(tmp_path / "o.tif"), "--model", str(corrupt)],
-        capsys,
         "corrupt.safetensors",
     )
-    _fails(["segment", vol, "-o", str(tmp_path / "o.tif"), "--tile", "4"], capsys, "at least 8")
-    _fails(["segment", vol, "-o", str(tmp_path / "o.tif"), "--mode", "3d"], capsys, "3D model")
+    fails(["segment", vol, "-o", str(tmp_path / "o.tif"), "--tile", "4"], "at least 8")
+    fails(["segment", vol, "-o", str(tmp_path / "o.tif"), "--mode", "3d"], "3D model")
     assert not list(tmp_path.glob("o.tif*"))
 
 
-def test_evaluate_bad_inputs(phantom, tmp_path, capsys):
+def test_evaluate_bad_inputs(phantom, tmp_path, fails):
     io.write_labels(tmp_path / "small.tif", np.ones((2, 4, 4), np.uint8))
-    _fails(["evaluate", str(tmp_path / "small.tif"), str(phantom / "truth.tif")], capsys, "shape")
+    fails(["evaluate", str(tmp_path / "small.tif"), str(phantom / "truth.tif")], "shape")
     bad = np.ones((2, 4, 4), np.uint8)
     bad[0, 0, 0] = 7
     io.write_labels(tmp_path / "seven.tif", bad)
     io.write_labels(tmp_path / "pred.tif", np.ones((2, 4, 4), np.uint8), phases=COMPOSITE_PHASES)
-    _fails(["evaluate", str(tmp_path / "pred.tif"), str(tmp_path / "seven.tif")], capsys, "[7]")
+    fails(["evaluate", str(tmp_path / "pred.tif"), str(tmp_path / "seven.tif")], "[7]")
 
 
 def test_info_model_and_volume(phantom, capsys):
@@ -196,14 +184,14 @@ def test_info_model_and_volume(phantom, capsys):
     assert info["parameters"] > 100_000
 
 
-def test_demo_prints_the_table_and_writes_files(tmp_path, capsys):
+def test_demo_prints_the_table_and_writes_files(tmp_path, fails, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--shape", "8", "64", "64", "--output", str(out)]) == 0
     text = capsys.readouterr().out
     for word in ("matrix", "fibre", "pore", "mean", "U-Net", "grey-level"):
         assert word in text
     assert {p.name for p in out.iterdir()} == {"volume.tif", "truth.tif", "prediction.tif"}
-    _fails(["demo", "--shape", "8", "64", "64", "--output", str(out)], capsys, "not empty")
+    fails(["demo", "--shape", "8", "64", "64", "--output", str(out)], "not empty")
 
 
 def test_console_script_exit_codes(tmp_path):

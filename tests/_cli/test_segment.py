@@ -21,13 +21,6 @@ def phantom(tmp_path_factory):
     return d
 
 
-def _fails(argv, capsys, match):
-    assert main(argv) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("tomoseg: error:") and "\n" not in err, err
-    assert match in err, err
-
-
 def _visible(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
@@ -74,7 +67,7 @@ def test_uncertainty_map_streams_beside_the_labels(phantom, tmp_path):
     assert _visible(tmp_path) == ["labels.tif", "unc.zarr"] and _hidden(tmp_path) == []
 
 
-def test_hdf5_input_with_several_datasets_needs_dataset(phantom, tmp_path, capsys):
+def test_hdf5_input_with_several_datasets_needs_dataset(phantom, tmp_path, fails):
     h5py = pytest.importorskip("h5py")
     vol = io.read_volume(phantom / "vol.zarr")
     path = tmp_path / "scan.h5"
@@ -82,24 +75,22 @@ def test_hdf5_input_with_several_datasets_needs_dataset(phantom, tmp_path, capsy
         f.create_dataset("raw", data=vol, chunks=(4, 72, 80))
         f.create_dataset("other", data=vol[:, :8, :8])
     out = tmp_path / "labels.zarr"
-    _fails(["segment", str(path), "-o", str(out)], capsys, "--dataset")
+    fails(["segment", str(path), "-o", str(out)], "--dataset")
     assert not out.exists()
     argv = ["segment", str(path), "--dataset", "raw", "-o", str(out), "--tile", "32"]
     assert main([*argv, "--device", "cpu"]) == 0
     assert zarr.open_array(str(out)).shape == vol.shape
 
 
-def test_memory_budget_too_small_names_the_minimum(phantom, tmp_path, capsys):
+def test_memory_budget_too_small_names_the_minimum(phantom, tmp_path, fails):
     out = tmp_path / "labels.zarr"
-    _fails(
+    fails(
         ["segment", str(phantom / "vol.zarr"), "-o", str(out), "--memory", "100MB"],
-        capsys,
         "at least",
     )
     assert not out.exists() and list(tmp_path.iterdir()) == []
-    _fails(
+    fails(
         ["segment", str(phantom / "vol.zarr"), "-o", str(out), "--memory", "lots"],
-        capsys,
         "2GB",
     )
 
@@ -119,12 +110,12 @@ def test_pathological_chunking_is_rechunked_with_a_warning(phantom, tmp_path, ca
 
 
 def test_interrupted_run_leaves_nothing_that_looks_complete(phantom, tmp_path, monkeypatch):
-    import napari_tomoseg.cli as cli
+    from napari_tomoseg._cli import segment
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_segment", interrupted)
+    monkeypatch.setattr(segment, "segment_with_progress", interrupted)
     out = tmp_path / "labels.zarr"
     assert main(["segment", str(phantom / "vol.zarr"), "-o", str(out)]) == 130
     assert list(tmp_path.iterdir()) == []
@@ -162,11 +153,10 @@ def test_local_cluster_output_is_identical_to_single_process(phantom, tmp_path):
     assert io.read_label_phases(dist) == COMPOSITE_PHASES
 
 
-def test_unreachable_scheduler_fails_cleanly(phantom, tmp_path, capsys):
+def test_unreachable_scheduler_fails_cleanly(phantom, tmp_path, fails):
     out = tmp_path / "labels.zarr"
-    _fails(
+    fails(
         ["segment", str(phantom / "vol.zarr"), "-o", str(out), "--scheduler", "tcp://127.0.0.1:1"],
-        capsys,
         "cannot reach the dask scheduler",
     )
     assert list(tmp_path.iterdir()) == []

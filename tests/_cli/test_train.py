@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_tomoseg._cli.train import parse_duration, parse_slices
-from napari_tomoseg.cli import CliError, main
+from napari_tomoseg._cli.common import CliError, parse_duration, parse_slices
+from napari_tomoseg.cli import main
 from napari_tomoseg.core.model import load_model
 
 
@@ -21,13 +21,6 @@ def data(tmp_path_factory):
     ann[[3, 8]] = truth[[3, 8]]
     tifffile.imwrite(d / "ann.tif", ann)
     return d
-
-
-def _fails(argv, capsys, match):
-    assert main(argv) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("tomoseg: error:") and "\n" not in err, err
-    assert match in err, err
 
 
 def test_train_writes_a_model_with_provenance(data, tmp_path, capsys):
@@ -76,7 +69,7 @@ def test_train_with_slices_phases_and_validation_slices(data, tmp_path, capsys):
         (["--val", "z:1"], "hold no annotation"),
     ],
 )
-def test_train_bad_options_fail_cleanly_without_a_model(data, tmp_path, capsys, extra, match):
+def test_train_bad_options_fail_cleanly_without_a_model(data, tmp_path, fails, extra, match):
     out = tmp_path / "m.safetensors"
     argv = [
         "train",
@@ -88,24 +81,24 @@ def test_train_bad_options_fail_cleanly_without_a_model(data, tmp_path, capsys, 
         "--steps",
         "1",
     ]
-    _fails([*argv, *extra], capsys, match)
+    fails([*argv, *extra], match)
     assert not out.exists()
 
 
-def test_train_bad_annotations_fail_cleanly(data, tmp_path, capsys):
+def test_train_bad_annotations_fail_cleanly(data, tmp_path, fails):
     out = tmp_path / "m.safetensors"
     tifffile.imwrite(tmp_path / "empty.tif", np.zeros((12, 64, 64), np.uint8))
     tifffile.imwrite(
         tmp_path / "small.tif", np.ones((5, 64, 64), np.uint8), photometric="minisblack"
     )
     base = ["train", str(data / "vol.tif"), "-o", str(out), "--steps", "1", "-a"]
-    _fails([*base, str(tmp_path / "empty.tif")], capsys, "no annotated voxel")
-    _fails([*base, str(tmp_path / "small.tif")], capsys, "must match voxel for voxel")
-    _fails([*base, str(tmp_path / "missing.tif")], capsys, "missing.tif")
+    fails([*base, str(tmp_path / "empty.tif")], "no annotated voxel")
+    fails([*base, str(tmp_path / "small.tif")], "must match voxel for voxel")
+    fails([*base, str(tmp_path / "missing.tif")], "missing.tif")
     assert not out.exists()
 
 
-def test_train_never_overwrites_an_existing_file(data, tmp_path, capsys):
+def test_train_never_overwrites_an_existing_file(data, tmp_path, fails):
     out = tmp_path / "m.safetensors"
     out.write_bytes(b"precious")
     argv = [
@@ -118,17 +111,17 @@ def test_train_never_overwrites_an_existing_file(data, tmp_path, capsys):
         "--steps",
         "1",
     ]
-    _fails(argv, capsys, "exists")
+    fails(argv, "exists")
     assert out.read_bytes() == b"precious"
-    _fails([*argv[:-4], "-o", str(tmp_path / "m.pt"), "--steps", "1"], capsys, ".safetensors")
+    fails([*argv[:-4], "-o", str(tmp_path / "m.pt"), "--steps", "1"], ".safetensors")
 
 
-def test_train_with_a_corrupt_base_model_fails_cleanly(data, tmp_path, capsys):
+def test_train_with_a_corrupt_base_model_fails_cleanly(data, tmp_path, fails):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a model")
     out = tmp_path / "m.safetensors"
     argv = ["train", str(data / "vol.tif"), "-a", str(data / "ann.tif"), "-o", str(out)]
-    _fails([*argv, "--base", str(bad), "--steps", "1"], capsys, "bad.safetensors")
+    fails([*argv, "--base", str(bad), "--steps", "1"], "bad.safetensors")
     assert not out.exists()
 
 

@@ -1,6 +1,6 @@
 """``tomoseg clean``: move large, elongated blobs of a phase (ring artifacts, streaks) to another phase.
 
-LABELS -> core.postprocess.find_blobs (slice by slice) -> select by area / aspect ratio
+LABELS -> core.measure.blobs.find_blobs (slice by slice) -> select by area / aspect ratio
 -> reassign_blobs -> OUT (same phase table and voxel size).
 """
 
@@ -13,14 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from napari_tomoseg.cli import CliError
+from napari_tomoseg._cli.common import AXES, CliError
 from napari_tomoseg.core.phases import PhaseTable
 
-_AXES = {"z": 0, "y": 1, "x": 2}
 
-
-def register(subparsers: Any) -> None:
-    """Add the ``clean`` subcommand."""
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``clean`` subcommand to ``subparsers``; returns its parser."""
     p = subparsers.add_parser(
         "clean",
         help="reassign large, elongated blobs of a phase (ring artifacts) to another phase",
@@ -44,7 +42,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--to", help="new phase, by name or id (default: the most frequent phase around each blob)"
     )
-    p.add_argument("--axis", choices=list(_AXES), default="z", help="slicing axis (default z)")
+    p.add_argument("--axis", choices=list(AXES), default="z", help="slicing axis (default z)")
     p.add_argument(
         "--connectivity",
         type=int,
@@ -54,10 +52,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--blobs-csv", help="also write every blob (slice, area, aspect, selected) here")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.set_defaults(func=cmd_clean)
+    return p
 
 
-def _phase_id(text: str, table: PhaseTable | None, option: str) -> int:
+def phase_id(text: str, table: PhaseTable | None, option: str) -> int:
+    """The phase id ``text`` names (an id, or a name in ``table``); CliError naming ``option``."""
     if text.strip().isdigit():
         pid = int(text)
         if table is not None and pid not in table.ids:
@@ -78,7 +77,8 @@ def _phase_id(text: str, table: PhaseTable | None, option: str) -> int:
         raise CliError(f"{option}: {err}") from err
 
 
-def cmd_clean(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Clean the label file; print how many blobs were found, selected and reassigned."""
     from napari_tomoseg.core import io
     from napari_tomoseg.core.measure.blobs import find_blobs, reassign_blobs
 
@@ -96,12 +96,12 @@ def cmd_clean(args: argparse.Namespace) -> int:
     labels = io.read_labels(src)
     table = io.read_label_phases(src)
     voxel_size = io.read_voxel_size(src)
-    phase = _phase_id(args.phase, table, "--phase")
-    to = None if args.to is None else _phase_id(args.to, table, "--to")
+    phase = phase_id(args.phase, table, "--phase")
+    to = None if args.to is None else phase_id(args.to, table, "--to")
     if to == phase:
         raise CliError("--to names the same phase as --phase; choose another phase")
 
-    blobs = find_blobs(labels, phase, axis=_AXES[args.axis], connectivity=args.connectivity)
+    blobs = find_blobs(labels, phase, axis=AXES[args.axis], connectivity=args.connectivity)
     selected = blobs.select(
         min_area=args.min_area,
         min_aspect=args.min_aspect,

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from napari_tomoseg.cli import CliError
+from napari_tomoseg._cli.common import CliError
 
 PLUGIN = "napari-tomoseg"
 #: Docked first, in this order; any other widget of the manifest follows.
@@ -58,7 +58,8 @@ def open_viewer(viewer: Any, volume: Path | None = None) -> list[Any]:
     return widgets
 
 
-def cmd_gui(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Open napari with the widgets and the volume; returns when the window is closed."""
     volume = check_volume_path(args.volume) if args.volume else None
     import napari
 
@@ -72,8 +73,9 @@ def cmd_gui(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser(
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``gui`` subcommand to ``subparsers``; returns its parser."""
+    p = subparsers.add_parser(
         "gui",
         help="open napari with the napari-tomoseg widgets and a volume (or the synthetic sample)",
         description="Open napari with the Segment, Annotate, Fine-tune (and other napari-tomoseg) "
@@ -85,4 +87,4 @@ def register(sub: Any) -> None:
         nargs="?",
         help="a TIFF stack, a folder of TIFF slices, .npy, .zarr or .h5 volume (default: the sample)",
     )
-    p.set_defaults(func=cmd_gui)
+    return p

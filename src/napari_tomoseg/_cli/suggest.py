@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from napari_tomoseg.cli import CliError, _load_model, _progress_bar, _set_threads
-
-AXES = {"z": 0, "y": 1, "x": 2}
+from napari_tomoseg._cli.common import AXES, MODES, CliError, load_model, progress_bar, set_threads
 
 
-def cmd_suggest(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Predict, rank the slices by uncertainty and print the most uncertain ones."""
     from napari_tomoseg.core import io
     from napari_tomoseg.core.measure.uncertainty import suggest_slices
 
@@ -25,7 +24,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         raise CliError(f"-n must be >= 1, got {args.n}")
     if args.uncertainty:
         uncertainty_path = io.check_output_path(args.uncertainty, overwrite=args.overwrite)
-    model = _load_model(args.model)
+    model = load_model(args.model)
     volume = io.read_volume(args.input, lazy=True)
     io.check_volume(volume, name=str(args.input))
     annotations = None
@@ -35,10 +34,10 @@ def cmd_suggest(args: argparse.Namespace) -> int:
             raise CliError(
                 f"annotations have shape {annotations.shape} but the volume is {tuple(volume.shape)}"
             )
-    _set_threads(args.threads)
+    set_threads(args.threads)
     axis = AXES[args.axis]
     passes = 3 if (args.mode or model.defaults.mode) == "2d-3axes" else 1
-    bar = _progress_bar(passes * int(np.prod(volume.shape)), "predict")
+    bar = progress_bar(passes * int(np.prod(volume.shape)), "predict")
     done = [0, 0]
 
     def update(event: Any) -> None:
@@ -85,8 +84,9 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser(
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``suggest`` subcommand to ``subparsers``; returns its parser."""
+    p = subparsers.add_parser(
         "suggest",
         help="rank slices by the model's uncertainty: which to annotate next",
         description="Predict the volume, compute per-voxel uncertainty and print the slices where the "
@@ -95,12 +95,12 @@ def register(sub: Any) -> None:
     p.add_argument("input", help="volume file or folder")
     p.add_argument("--model", help="model file (.safetensors); the bundled model if absent")
     p.add_argument("-n", type=int, default=3, help="how many slices to suggest")
-    p.add_argument("--axis", choices=["z", "y", "x"], default="z")
+    p.add_argument("--axis", choices=list(AXES), default="z")
     p.add_argument("--annotations", help="existing annotations: their slices are not suggested")
-    p.add_argument("--mode", choices=["2d", "2d-3axes", "2.5d", "3d"], help="default: the model's")
+    p.add_argument("--mode", choices=list(MODES), help="default: the model's")
     p.add_argument("--uncertainty", help="also write the uncertainty map (uint8) to this file")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)
-    p.set_defaults(func=cmd_suggest)
+    return p

@@ -8,44 +8,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from napari_tomoseg.cli import CliError, _load_model, _set_threads, format_table
-
-AXIS_NAMES = {"z": 0, "y": 1, "x": 2}
-
-
-def parse_duration(text: str) -> float:
-    """``120``, ``120s``, ``2m``, ``1.5min``, ``1h`` -> seconds."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|sec|m|min|h)?\s*", text)
-    if not m:
-        raise CliError(f"cannot read the duration {text!r}; write e.g. 120s, 2m or 120")
-    value = (
-        float(m.group(1)) * {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
-    )
-    if value <= 0:
-        raise CliError(f"--budget must be more than 0 seconds, got {text!r}")
-    return value
-
-
-def parse_slices(text: str) -> tuple[int, list[int]]:
-    """``z:10,50,90`` -> (0, [10, 50, 90]); the axis letter defaults to z."""
-    axis_name, _, rest = text.rpartition(":")
-    axis_name = axis_name.strip().lower() or "z"
-    if axis_name not in AXIS_NAMES:
-        raise CliError(f"slice axis must be z, y or x, got {axis_name!r} in {text!r}")
-    try:
-        indices = sorted({int(v) for v in rest.split(",") if v.strip()})
-    except ValueError:
-        raise CliError(f"cannot read slice indices in {text!r}; write e.g. z:10,50,90") from None
-    if not indices:
-        raise CliError(f"no slice index in {text!r}; write e.g. z:10,50,90")
-    return AXIS_NAMES[axis_name], indices
+from napari_tomoseg._cli.common import (
+    CliError,
+    format_table,
+    load_model,
+    parse_duration,
+    parse_slices,
+    progress_bar,
+    set_threads,
+)
 
 
 def _keep_slices(annotations: np.ndarray, axis: int, indices: list[int]) -> np.ndarray:
@@ -66,7 +43,8 @@ def _keep_slices(annotations: np.ndarray, axis: int, indices: list[int]) -> np.n
     return out
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Fine-tune, save the model and print the validation table."""
     from napari_tomoseg.core import io
     from napari_tomoseg.core.learn.finetune import FinetuneConfig, plan_finetune
     from napari_tomoseg.core.model import save_model
@@ -110,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         phases = PhaseTable.from_names(names)
     if args.scratch and args.base:
         raise CliError("give either --base MODEL or --scratch, not both")
-    base = None if args.scratch else _load_model(args.base)
+    base = None if args.scratch else load_model(args.base)
     config = FinetuneConfig(
         budget=budget,
         steps=args.steps,
@@ -125,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         context_slices=args.context_slices,
         patience=args.patience,
     )
-    _set_threads(args.threads)
+    set_threads(args.threads)
     plan = plan_finetune(volume.shape, annotations, base=base, phases=phases, config=config)
     n_slices = len(set(plan.train_slices) | set(plan.validation_slices))
     print(
@@ -137,7 +115,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     for note in plan.notes:
         print(f"note: {note}")
-    result = _run(volume, annotations, base, phases, config, args.device, plan.notes)
+    result = _finetune_with_progress(
+        volume, annotations, base, phases, config, args.device, plan.notes
+    )
     model = result.model
     model.provenance["annotations_file"] = str(args.annotations)
     model.provenance["volume_file"] = str(args.input)
@@ -156,7 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(
+def _finetune_with_progress(
     volume: Any,
     annotations: np.ndarray,
     base: Any,
@@ -165,16 +145,12 @@ def _run(
     device: str,
     notes: Any = (),
 ) -> Any:
-    from tqdm import tqdm
-
     from napari_tomoseg.core.learn.finetune import iter_finetune
     from napari_tomoseg.core.progress import CancelToken
 
     by_steps = config.steps is not None and config.budget is None
     total = config.steps if by_steps else config.budget
-    bar = tqdm(
-        total=total, desc="train", unit="step" if by_steps else "s", disable=None, leave=False
-    )
+    bar = progress_bar(total, "train", unit="step" if by_steps else "s", unit_scale=False)
     gen = iter_finetune(
         volume,
         annotations,
@@ -215,8 +191,9 @@ class _DropMessages(logging.Filter):
         return record.getMessage() not in self.messages
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser(
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``train`` subcommand to ``subparsers``; returns its parser."""
+    p = subparsers.add_parser(
         "train",
         help="fine-tune a model on annotated slices of a volume",
         description="Fine-tune the bundled model (or --base, or --scratch) on a volume's annotations "
@@ -261,4 +238,4 @@ def register(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
-    p.set_defaults(func=cmd_train)
+    return p

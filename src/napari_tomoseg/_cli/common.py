@@ -1,0 +1,181 @@
+"""Helpers every ``tomoseg`` subcommand shares: the user-error type, option parsing, tables, progress.
+
+subcommand module -> parse and check its options here (``CliError`` on bad input) -> core calls
+-> ``format_table`` / ``progress_bar`` for what the user sees.
+Importing this module is cheap: torch, tqdm and the model code load inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from napari_tomoseg.core.model import TomosegModel
+    from napari_tomoseg.core.segment import InferenceConfig
+
+__all__ = [
+    "AXES",
+    "MODES",
+    "CliError",
+    "add_inference_options",
+    "format_number",
+    "format_table",
+    "inference_config",
+    "load_model",
+    "parse_duration",
+    "parse_slices",
+    "progress_bar",
+    "set_threads",
+]
+
+
+class CliError(Exception):
+    """A user error with a message that says what to do; ``tomoseg`` prints it on one line."""
+
+
+#: Slicing axis letters and their array axes (volumes are indexed z, y, x).
+AXES = {"z": 0, "y": 1, "x": 2}
+MODES = ("2d", "2d-3axes", "2.5d", "3d")
+
+
+# --------------------------------------------------------------------------------------------
+# option parsing
+
+
+def set_threads(n: int | None) -> None:
+    """Let torch use ``n`` CPU threads (no change when ``n`` is None)."""
+    if n is None:
+        return
+    if n < 1:
+        raise CliError(f"--threads must be >= 1, got {n}")
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def parse_duration(text: str) -> float:
+    """``120``, ``120s``, ``2m``, ``1.5min``, ``1h`` -> seconds."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|sec|m|min|h)?\s*", text)
+    if not m:
+        raise CliError(f"cannot read the duration {text!r}; write e.g. 120s, 2m or 120")
+    value = (
+        float(m.group(1)) * {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
+    )
+    if value <= 0:
+        raise CliError(f"--budget must be more than 0 seconds, got {text!r}")
+    return value
+
+
+def parse_slices(text: str) -> tuple[int, list[int]]:
+    """``z:10,50,90`` -> (0, [10, 50, 90]); the axis letter defaults to z."""
+    axis_name, _, rest = text.rpartition(":")
+    axis_name = axis_name.strip().lower() or "z"
+    if axis_name not in AXES:
+        raise CliError(f"slice axis must be z, y or x, got {axis_name!r} in {text!r}")
+    try:
+        indices = sorted({int(v) for v in rest.split(",") if v.strip()})
+    except ValueError:
+        raise CliError(f"cannot read slice indices in {text!r}; write e.g. z:10,50,90") from None
+    if not indices:
+        raise CliError(f"no slice index in {text!r}; write e.g. z:10,50,90")
+    return AXES[axis_name], indices
+
+
+def add_inference_options(p: argparse.ArgumentParser) -> None:
+    """The options of every command that segments (``segment``, ``demo``)."""
+    p.add_argument("--model", help="model file (.safetensors); the bundled model if absent")
+    p.add_argument("--mode", choices=list(MODES), help="default: the model's")
+    p.add_argument(
+        "--axis", choices=list(AXES), help="slicing axis for 2D/2.5D (default: the model's)"
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps"
+    )
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument(
+        "--tile", type=int, help="tile edge in voxels, a multiple of 8 (default: the model's)"
+    )
+    p.add_argument("--overlap", type=int, help="tile overlap in voxels (default: the model's)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="tiles per forward pass (default: from --memory, free GPU memory, or 4)",
+    )
+    p.add_argument(
+        "--ring-removal",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="subtract CT ring artifacts around the rotation axis (z) first, when the volume has "
+        "any (default: as the model was trained; the bundled model does)",
+    )
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument(
+        "--memory",
+        metavar="SIZE",
+        help="memory budget for the whole process, e.g. 2GB or 1.5GiB; picks the slab and batch "
+        "sizes (too small for one tile: an error gives the minimum)",
+    )
+
+
+def inference_config(args: argparse.Namespace) -> InferenceConfig:
+    """The :class:`InferenceConfig` the options of :func:`add_inference_options` ask for."""
+    from napari_tomoseg.core.segment import InferenceConfig, parse_memory
+
+    memory = getattr(args, "memory", None)
+    return InferenceConfig(
+        mode=getattr(args, "mode", None),
+        axis=getattr(args, "axis", None),
+        tile=getattr(args, "tile", None),
+        overlap=getattr(args, "overlap", None),
+        batch_size=getattr(args, "batch_size", None),
+        device=getattr(args, "device", "auto"),
+        precision=getattr(args, "precision", "auto"),
+        memory=parse_memory(memory) if memory else None,
+        ring_removal=getattr(args, "ring_removal", None),
+    )
+
+
+def load_model(path: str | None) -> TomosegModel:
+    """The model file at ``path``, or the bundled model when ``path`` is empty."""
+    from napari_tomoseg.core.model import bundled_model_path
+    from napari_tomoseg.core.model import load_model as load
+
+    return load(path if path else bundled_model_path())
+
+
+# --------------------------------------------------------------------------------------------
+# output
+
+
+def format_number(v: float) -> str:
+    """A score with four decimals, ``n/a`` for NaN (a phase absent from both volumes)."""
+    return "n/a" if np.isnan(v) else f"{v:.4f}"
+
+
+def format_table(names: Sequence[str], columns: dict[str, Sequence[float]]) -> str:
+    """A plain-text table: one row per phase plus the mean, one column per method."""
+    width = max(8, *(len(n) for n in names))
+    heads = list(columns)
+    lines = [f"{'phase':<{width}}  " + "  ".join(f"{h:>10}" for h in heads)]
+    for i, name in enumerate(names):
+        lines.append(
+            f"{name:<{width}}  " + "  ".join(f"{format_number(columns[h][i]):>10}" for h in heads)
+        )
+    means = [
+        float(np.nanmean(columns[h])) if not np.all(np.isnan(columns[h])) else float("nan")
+        for h in heads
+    ]
+    lines.append(f"{'mean':<{width}}  " + "  ".join(f"{format_number(m):>10}" for m in means))
+    return "\n".join(lines)
+
+
+def progress_bar(total: float, desc: str, *, unit: str = "vox", unit_scale: bool = True) -> Any:
+    """A tqdm bar on stderr that hides itself when stderr is not a terminal and when done."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale, disable=None, leave=False)

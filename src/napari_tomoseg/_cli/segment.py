@@ -1,0 +1,238 @@
+"""``tomoseg segment VOLUME -o LABELS``: a volume into phase labels, block by block.
+
+VOLUME (lazy) -> core.segment (options resolved once, streamed region by region) -> LABELS
+(+ the uncertainty map) written through temporary stores -> time, speed and phase fractions printed.
+With --scheduler / --local-cluster the blocks run on dask workers (core.segment.distributed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+from typing import Any
+
+import numpy as np
+
+from napari_tomoseg._cli.common import (
+    CliError,
+    add_inference_options,
+    inference_config,
+    load_model,
+    progress_bar,
+    set_threads,
+)
+
+log = logging.getLogger("napari_tomoseg")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``segment`` subcommand to ``subparsers``; returns its parser."""
+    p = subparsers.add_parser(
+        "segment",
+        help="segment a volume into phases (streams block by block: volumes larger than memory)",
+    )
+    p.add_argument(
+        "input",
+        help="volume: .tif/.tiff stack, folder of TIFF slices, .npy, .zarr, .h5/.hdf5",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="label file to write (.zarr: a plain zarr v3 array; .tif or .npy)",
+    )
+    p.add_argument("--dataset", help="array inside a zarr group or HDF5 file holding several")
+    p.add_argument(
+        "--uncertainty",
+        metavar="PATH",
+        help="also write the normalised softmax entropy as uint8 0..255 (.zarr, .tif or .npy)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on an existing dask.distributed cluster, e.g. tcp://host:8786 (input and "
+        "output must be zarr on storage every worker sees)",
+    )
+    p.add_argument(
+        "--local-cluster",
+        type=int,
+        metavar="N",
+        help="run on a dask LocalCluster of N worker processes on this machine",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    add_inference_options(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Segment ``args.input`` into ``args.output``; print the speed and the phase fractions."""
+    from napari_tomoseg.core import io
+
+    out_path = io.check_output_path(args.output, overwrite=args.overwrite)
+    unc_path = (
+        io.check_output_path(args.uncertainty, overwrite=args.overwrite)
+        if args.uncertainty
+        else None
+    )
+    if unc_path is not None and unc_path.resolve() == out_path.resolve():
+        raise CliError("-o and --uncertainty name the same file; give two different paths")
+    if args.scheduler and args.local_cluster:
+        raise CliError("give either --scheduler or --local-cluster, not both")
+    config = inference_config(args)  # checks --memory and the other options early
+    model = load_model(args.model)
+    volume = io.read_volume(args.input, dataset=args.dataset, lazy=True)
+    set_threads(args.threads)
+    voxel_size = io.read_voxel_size(args.input, dataset=args.dataset)
+    shape = tuple(int(s) for s in volume.shape)
+    if args.scheduler or args.local_cluster:
+        if unc_path is not None:
+            raise CliError("--uncertainty is not available with --scheduler / --local-cluster yet")
+        from napari_tomoseg.core.segment.distributed import segment_distributed
+
+        result = segment_distributed(
+            args.input,
+            out_path,
+            model,
+            config,
+            dataset=args.dataset,
+            scheduler=args.scheduler,
+            local_cluster=args.local_cluster,
+            voxel_size=voxel_size,
+            overwrite=args.overwrite,
+        )
+        counts = result.counts
+        seconds, device, precision, mode = result.seconds, "dask", result.precision, result.mode
+    else:
+        from napari_tomoseg.core.measure.uncertainty import entropy
+        from napari_tomoseg.core.segment import Predictor, format_bytes, resolve
+
+        predictor = Predictor(model, device=config.device, precision=config.precision)
+        settings = resolve(
+            config,
+            model,
+            shape,
+            itemsize=np.dtype(volume.dtype).itemsize,
+            probabilities=unc_path is not None,
+            device=predictor.device,
+            dtype=predictor.dtype,
+        )
+        if settings.memory_estimate is not None:
+            log.info(
+                "memory budget %s: %d slices per block, %d tiles per batch, expected peak %s",
+                format_bytes(config.memory),
+                settings.block,
+                settings.batch_size,
+                format_bytes(settings.memory_estimate),
+            )
+        chunks = _output_chunks(settings, shape)
+        with contextlib.ExitStack() as stack:
+            source = stack.enter_context(
+                io.rechunked(volume, folder=out_path.parent, name=str(args.input))
+            )
+            labels = stack.enter_context(
+                io.streaming_output(
+                    out_path,
+                    shape,
+                    phases=model.phases,
+                    voxel_size=voxel_size,
+                    chunks=chunks,
+                    overwrite=args.overwrite,
+                )
+            )
+            counting = CountingWriter(labels, len(model.phases))
+            entropy_out = None
+            if unc_path is not None:
+                unc = stack.enter_context(
+                    io.streaming_output(
+                        unc_path,
+                        shape,
+                        kind="volume",
+                        voxel_size=voxel_size,
+                        chunks=chunks,
+                        overwrite=args.overwrite,
+                    )
+                )
+                entropy_out = _EntropyOut(unc, len(model.phases), entropy)
+            result = segment_with_progress(
+                source,
+                predictor,
+                config,
+                out=counting,
+                probabilities_out=entropy_out,
+            )
+        counts = counting.counts
+        seconds, device, precision = result.seconds, result.device, result.precision
+        mode = result.settings.mode
+    fractions = counts[1:] / max(1, int(counts.sum()))
+    n = int(np.prod(shape))
+    extra = f" and {unc_path}" if unc_path is not None else ""
+    print(
+        f"segmented {args.input} {shape} in {seconds:.1f} s "
+        f"({n / seconds / 1e6:.2f} Mvox/s, {device}, {precision}, mode {mode}) "
+        f"-> {out_path}{extra}"
+    )
+    for name, f in zip(model.phases.names, fractions, strict=True):
+        print(f"  {name:<10} {100 * f:6.2f} %")
+    return 0
+
+
+def segment_with_progress(
+    volume: Any, predictor: Any, config: Any, *, out: Any = None, probabilities_out: Any = None
+) -> Any:
+    """Run the segmentation to the end with a progress bar; returns the core's result."""
+    from napari_tomoseg.core.progress import run_to_completion
+    from napari_tomoseg.core.segment import iter_segment
+
+    bar = progress_bar(int(np.prod(volume.shape)), "segment")
+    last = [0]
+
+    def update(event: Any) -> None:
+        bar.update(event.done - last[0])
+        last[0] = event.done
+
+    try:
+        return run_to_completion(
+            iter_segment(volume, predictor, config, out=out, probabilities_out=probabilities_out),
+            update,
+        )
+    finally:
+        bar.close()
+
+
+class CountingWriter:
+    """Writes label blocks to ``target`` and counts the voxels of each phase on the way."""
+
+    def __init__(self, target: Any, n_phases: int) -> None:
+        self.target = target
+        self.shape = tuple(target.shape)
+        self.counts = np.zeros(n_phases + 1, np.int64)
+
+    def __setitem__(self, key: Any, labels: np.ndarray) -> None:
+        self.counts += np.bincount(labels.ravel(), minlength=len(self.counts))[: len(self.counts)]
+        self.target[key] = labels
+
+
+class _EntropyOut:
+    """TEMPORARY until core.segment.outputs.EntropyWriter lands."""
+
+    def __init__(self, target: Any, n_phases: int, entropy: Any) -> None:
+        self.target = target
+        self.shape = (n_phases, *target.shape)
+        self.entropy = entropy
+
+    def __setitem__(self, key: Any, probabilities: np.ndarray) -> None:
+        u = self.entropy(probabilities)
+        self.target[key[1:]] = np.rint(u * np.float32(255)).astype(np.uint8)
+
+
+def _output_chunks(settings: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """TEMPORARY until plan.output_chunks lands."""
+    if settings.mode in ("2d", "2.5d"):
+        chunks = [512, 512, 512]
+        chunks[settings.axis] = settings.block
+    elif settings.mode == "3d":
+        chunks = [settings.block, 512, 512]
+    else:
+        chunks = [settings.block] * 3
+    return tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))

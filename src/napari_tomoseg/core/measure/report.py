@@ -1,0 +1,161 @@
+"""Reports of a segmentation: phase fractions and volumes, the last evaluation, the model, as JSON/CSV/text.
+
+labels + phases (+ Evaluation, + model provenance) -> :func:`build_report` (a JSON-ready dict)
+-> :func:`report_csv` (one row per phase) ; Evaluation -> :func:`evaluation_text` (tables for a terminal).
+The Export widget and ``tomoseg evaluate`` write what these return; nothing here touches files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from napari_tomoseg import __version__
+from napari_tomoseg.core.measure.evaluate import Evaluation
+from napari_tomoseg.core.phases import PhaseTable
+
+__all__ = ["build_report", "evaluation_text", "format_cell", "report_csv", "table_to_csv"]
+
+
+def build_report(
+    labels: Any,
+    phases: PhaseTable,
+    *,
+    voxel_size: Sequence[float] | None,
+    name: str,
+    evaluation: Evaluation | None = None,
+    model_provenance: dict[str, Any] | None = None,
+    model_name: str | None = None,
+) -> dict[str, Any]:
+    """The report of a label volume, ready for ``json.dumps``.
+
+    Parameters
+    ----------
+    labels : array of int, shape (z, y, x)
+        Phase ids 0..C (0 is not counted); read slab by slab.
+    phases : PhaseTable
+        Names and colours of ids 1..C.
+    voxel_size : (z, y, x) in µm, or None
+        Gives volumes in µm³.
+    name : str
+        What the labels are (a layer or file name); stored under ``"layer"``.
+    evaluation : Evaluation, optional
+        An evaluation of these labels: adds ``"evaluation"`` and a per-phase ``"jaccard"``.
+    model_provenance, model_name : optional
+        The model that made the labels: adds ``"model"``.
+
+    Returns
+    -------
+    dict
+        ``software``, ``created`` (UTC, ISO 8601), ``layer``, ``shape``, ``voxel_size_um``,
+        ``phases`` (id, name, colour, voxels, fraction, volume_um3 [, jaccard]) and the optional
+        ``evaluation`` and ``model``. Undefined numbers (NaN) are None.
+    """
+    from napari_tomoseg.core.measure.blobs import phase_statistics
+
+    stats = phase_statistics(labels, phases, voxel_size=voxel_size)
+    report: dict[str, Any] = {
+        "software": f"napari-tomoseg {__version__}",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "layer": name,
+        "shape": [int(s) for s in np.shape(labels)],
+        "voxel_size_um": [float(v) for v in voxel_size] if voxel_size is not None else None,
+        "phases": [
+            {
+                "id": s.id,
+                "name": s.name,
+                "colour": phases.phases[s.id - 1].colour,
+                "voxels": s.voxels,
+                "fraction": _finite(float(s.fraction)),
+                "volume_um3": s.volume_um3,
+            }
+            for s in stats
+        ],
+    }
+    if evaluation is not None:
+        report["evaluation"] = evaluation.to_json()
+        for entry in report["phases"]:
+            entry["jaccard"] = _finite(float(evaluation.jaccard[entry["id"] - 1]))
+    if model_provenance is not None or model_name is not None:
+        report["model"] = {"name": model_name, "provenance": model_provenance}
+    return report
+
+
+def report_csv(report: dict[str, Any]) -> str:
+    """The per-phase part of a :func:`build_report` report as CSV (then the mean Jaccard, if any)."""
+    header = ["phase_id", "phase", "voxels", "fraction", "volume_um3", "jaccard"]
+    rows = [
+        [p["id"], p["name"], p["voxels"], p["fraction"], p["volume_um3"], p.get("jaccard")]
+        for p in report["phases"]
+    ]
+    if "evaluation" in report:
+        rows.append(["", "mean", "", "", "", report["evaluation"]["mean_jaccard"]])
+    return table_to_csv(header, rows)
+
+
+def table_to_csv(header: Sequence[str], rows: Sequence[Sequence[Any]], delimiter: str = ",") -> str:
+    """A table (e.g. :meth:`Evaluation.table`) as CSV text; None becomes an empty cell."""
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter=delimiter, lineterminator="\n")
+    w.writerow(header)
+    for row in rows:
+        w.writerow(["" if v is None else v for v in row])
+    return buf.getvalue()
+
+
+def format_cell(value: Any, column: str) -> str:
+    """One cell of :meth:`Evaluation.table` for display: fractions in %, volumes with 4 significant
+    digits, scores with 4 decimals, ``n/a`` for an undefined number."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, str):
+        return value
+    if "volume" in column:
+        return f"{value:.4g}"
+    if "fraction" in column:
+        return f"{100 * value:.2f} %"
+    return f"{value:.4f}"
+
+
+def evaluation_text(evaluation: Evaluation) -> str:
+    """An evaluation for a terminal: a summary line, the per-phase table, the confusion matrix."""
+    header, rows = evaluation.table()
+    cells = [header] + [[format_cell(v, header[c]) for c, v in enumerate(row)] for row in rows]
+    lines = [
+        f"{evaluation.prediction_name} against {evaluation.reference_name} on "
+        f"{evaluation.n_evaluated:,} voxels ({evaluation.region})",
+    ]
+    if evaluation.baseline_note:
+        lines.append(f"grey-level baseline: {evaluation.baseline_note}")
+    lines += ["", *_align(cells)]
+    names = list(evaluation.phases.names)
+    matrix = [["reference \\ prediction", "none", *names]] + [
+        [name, *(str(int(c)) for c in evaluation.confusion[i + 1])] for i, name in enumerate(names)
+    ]
+    lines += [
+        "",
+        "confusion matrix (voxels; rows: reference, columns: prediction):",
+        *_align(matrix),
+    ]
+    return "\n".join(lines)
+
+
+def _align(cells: list[list[str]]) -> list[str]:
+    """Rows of text cells as lines: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(row[c]) for row in cells) for c in range(len(cells[0]))]
+    return [
+        "  ".join(
+            f"{cell:<{widths[c]}}" if c == 0 else f"{cell:>{widths[c]}}"
+            for c, cell in enumerate(row)
+        ).rstrip()
+        for row in cells
+    ]
+
+
+def _finite(v: float) -> float | None:
+    return v if np.isfinite(v) else None
