@@ -104,6 +104,30 @@ def test_evaluate_known_values(tmp_path, capsys):
     assert rep["per_phase"]["pore"] is None
 
 
+def test_evaluate_with_image_adds_the_baseline_fractions_and_confusion(tmp_path, capsys, fails):
+    ref = np.ones((2, 4, 4), np.uint8)
+    ref[:, :2] = 2
+    pred = ref.copy()
+    pred[0, 0, :] = 1  # 4 fibre voxels predicted as matrix
+    image = np.where(ref == 2, 200, 50).astype(np.uint8)  # grey levels separate the phases
+    io.write_labels(tmp_path / "p.tif", pred, phases=COMPOSITE_PHASES)
+    io.write_labels(tmp_path / "r.tif", ref)
+    io.write_volume(tmp_path / "v.tif", image)
+    argv = ["evaluate", str(tmp_path / "p.tif"), str(tmp_path / "r.tif")]
+    assert main([*argv, "--image", str(tmp_path / "v.tif"), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["jaccard"]["matrix"] == pytest.approx(16 / 20) and rep["jaccard"]["pore"] is None
+    assert rep["grey_level_baseline"]["jaccard"] == {"matrix": 1.0, "fibre": 1.0, "pore": None}
+    assert rep["confusion_matrix"]["counts"]["fibre"] == [0, 4, 12, 0]
+    assert rep["prediction_fractions"]["fibre"] == pytest.approx(12 / 32)
+    assert main([*argv, "--image", str(tmp_path / "v.tif")]) == 0
+    text = capsys.readouterr().out
+    for words in ("Jaccard grey-level", "fraction (prediction)", "confusion matrix", "37.50 %"):
+        assert words in text, words
+    np.save(tmp_path / "small.npy", image[:1])
+    fails([*argv, "--image", str(tmp_path / "small.npy")], "differ in shape")
+
+
 def test_segment_refuses_existing_output_and_keeps_it(phantom, tmp_path, fails):
     out = tmp_path / "pred.tif"
     out.write_bytes(b"precious")
