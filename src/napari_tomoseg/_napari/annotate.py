@@ -3,53 +3,46 @@ it fast.
 
 phase table (add / rename / recolour; click or number key = paint that phase) -> ``annotations``
 (uint8, 0 = not annotated) <- copy the prediction of the current slice, import another tool's labels
-(ids remapped in a dialog); counts per phase; "next slice to correct" from the uncertainty layer.
-Every change is saved (atomically, in a worker) next to the volume and restored when it is reopened.
+(ids remapped in a dialog); counts per phase; "next slice to correct" from the uncertainty.
+Every change is saved (atomically, in a worker) next to the volume and restored when it is reopened
+(see :mod:`napari_tomoseg._napari.autosave`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QTimer
+from magicgui.widgets import CheckBox, ComboBox, Container, Dialog, Label, PushButton
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtGui import QColor
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QColorDialog,
-    QComboBox,
-    QDialog,
-    QDialogButtonBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QColorDialog
 
-from napari_tomoseg._napari._common import (
-    JobControls,
-    JobRunner,
-    JobState,
-    LayerCombo,
+from napari_tomoseg._napari.autosave import (
+    AUTOSAVE_STORE_SUFFIX,
+    AUTOSAVE_SUFFIX,
+    autosave_path,
+    is_ours,
+    iter_save_annotations,
+    open_annotation_store,
+    restore_annotations,
+)
+from napari_tomoseg._napari.jobs import JobControls, JobRunner, JobState
+from napari_tomoseg._napari.layers import (
+    LayerPicker,
     apply_phases,
     check_image_layer,
-    companion_path,
     current_slice,
     geometry,
-    notify_error,
-    notify_info,
-    notify_warning,
-    session,
     voxel_size,
 )
+from napari_tomoseg._napari.notify import notify_error, notify_info, notify_warning
+from napari_tomoseg._napari.outputs import choose_folder, choose_input_file
+from napari_tomoseg._napari.state import state_for
+from napari_tomoseg._napari.tables import PhaseTableView
 from napari_tomoseg.core.phases import DEFAULT_COLOURS, Phase, PhaseTable
 
 if TYPE_CHECKING:
@@ -57,180 +50,162 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "ANNOTATIONS",
+    "AUTOSAVE_STORE_SUFFIX",
+    "AUTOSAVE_SUFFIX",
+    "AnnotateWidget",
+    "JobState",
+    "RemapDialog",
+    "autosave_path",
+    "is_ours",
+]
+
 ANNOTATIONS = "annotations"
 PREDICTION = "prediction"
-AUTOSAVE_SUFFIX = ".tomoseg-annotations.tif"
-AUTOSAVE_STORE_SUFFIX = ".tomoseg-annotations.zarr"
 AXES = ("z", "y", "x")
+NOT_ANNOTATED = "not annotated"
+#: Painting is quiet for this long before the annotations are saved / recounted.
+AUTOSAVE_DELAY_MS = 1500
+COUNT_DELAY_MS = 300
 
 
-def autosave_path(image: Any, folder: Path | None = None) -> Path:
-    """Where the annotations of ``image`` are autosaved: next to its file (``<file>.tomoseg-
-    annotations.tif``, or ``.zarr`` for a volume too big for memory), in ``folder`` if given, or in
-    ``autosave_dir()`` for in-memory volumes."""
-    suffix = AUTOSAVE_STORE_SUFFIX if _uses_store(image) else AUTOSAVE_SUFFIX
-    return companion_path(image, suffix, folder)
+class RemapDialog(Dialog):
+    """Map the ids of an imported label volume to phases (or to "not annotated")."""
+
+    def __init__(self, ids: Sequence[int], counts: Sequence[int], phases: PhaseTable) -> None:
+        from napari_tomoseg.core.io.remap import guess_mapping
+
+        guess = guess_mapping(ids, len(phases))
+        targets = [NOT_ANNOTATED, *phases.names]
+        self.combos: dict[int, ComboBox] = {
+            int(i): ComboBox(
+                label=f"id {int(i)} ({int(n):,} voxels)",
+                choices=targets,
+                value=targets[int(guess.get(int(i), 0))],
+            )
+            for i, n in zip(ids, counts, strict=True)
+        }
+        self._targets = targets
+        super().__init__(widgets=list(self.combos.values()))
+        self.native.setWindowTitle("Import labels: which id is which phase?")
+
+    def mapping(self) -> dict[int, int]:
+        """``{imported id: phase id}`` (0 = not annotated)."""
+        return {i: self._targets.index(c.value) for i, c in self.combos.items()}
 
 
-def _uses_store(image: Any) -> bool:
-    from napari_tomoseg.core.io.labelstore import needs_store
+class _FlushOnHide(QObject):
+    """Runs ``flush`` when the dock widget is hidden or closed (a pending autosave is written)."""
 
-    return needs_store(check_image_layer(image).shape)
+    def __init__(self, flush: Any, parent: QObject) -> None:
+        super().__init__(parent)
+        self._flush = flush
 
-
-def is_ours(path: Path) -> bool:
-    """True if ``path`` is a label file written by napari-tomoseg (safe to replace by an autosave)."""
-    from napari_tomoseg.core.io import read_label_phases
-
-    try:
-        return read_label_phases(path) is not None
-    except (ValueError, OSError):
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        if event.type() in (QEvent.Type.Hide, QEvent.Type.Close):
+            self._flush()
         return False
 
 
-class RemapDialog(QDialog):
-    """Map the ids of an imported label volume to phases (or to "not annotated")."""
-
-    def __init__(
-        self, ids: Any, counts: Any, phases: PhaseTable, parent: QWidget | None = None
-    ) -> None:
-        from napari_tomoseg.core.io.remap import guess_mapping
-
-        super().__init__(parent)
-        self.setWindowTitle("Import labels: which id is which phase?")
-        guess = guess_mapping(ids, len(phases))
-        self.combos: dict[int, QComboBox] = {}
-        form = QFormLayout()
-        targets = ["not annotated", *phases.names]
-        for i, n in zip(ids, counts, strict=True):
-            combo = QComboBox()
-            combo.addItems(targets)
-            combo.setCurrentIndex(int(guess.get(int(i), 0)))
-            self.combos[int(i)] = combo
-            form.addRow(f"id {int(i)} ({int(n):,} voxels)", combo)
-        buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
-        )
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(buttons)
-
-    def mapping(self) -> dict[int, int]:
-        return {i: c.currentIndex() for i, c in self.combos.items()}
-
-
-class AnnotateWidget(QWidget):
+class AnnotateWidget(Container):
     """Create and fill the ``annotations`` layer used to fine-tune and evaluate."""
 
-    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self.viewer = napari_viewer
-        self.session = session(napari_viewer)
-        self.session.widgets["annotate"] = self
+        self.state = state_for(napari_viewer)
         self.runner = JobRunner("Annotations")
         self._saver = JobRunner("Saving annotations")
         self._counter: Any = None
         self._count_request = 0
         self.autosave_folder: Path | None = None
         self.last_saved: Path | None = None
+        self.last_counts: dict[str, tuple[int, int]] | None = None
         self._layer: Any = None
 
-        self.image = LayerCombo(napari_viewer, "image", accept=lambda ly: ly.ndim == 3)
-        self.create = QPushButton("Create / restore annotations layer")
-        self.table = QTableWidget(0, 3)
-        self.table.setHorizontalHeaderLabels(["key", "phase (click to paint)", "colour"])
-        self.table.verticalHeader().setVisible(False)
-        self.add_phase = QPushButton("Add phase")
-        self.remove_phase = QPushButton("Remove last phase")
-        self.axis = QComboBox()
-        self.axis.addItems(list(AXES))
-        self.copy_prediction = QPushButton("Copy prediction into this slice")
-        self.overwrite = QCheckBox("also over annotated voxels")
-        self.import_button = QPushButton("Import labels from file…")
-        self.next_slice = QPushButton("Next slice to correct")
-        self.next_slice.setToolTip(
+        self.image = LayerPicker(
+            napari_viewer,
+            "image",
+            label="Image",
+            tooltip="The volume to annotate",
+            accept=lambda ly: ly.ndim == 3 and not getattr(ly, "rgb", False),
+        )
+        self.axis = ComboBox(label="Slice axis", choices=list(AXES), value="z")
+        self.create = PushButton(text="Create / restore annotations layer")
+        self.table = PhaseTableView(self.phases)
+        self.add_phase = PushButton(text="Add phase")
+        self.remove_phase = PushButton(text="Remove last phase")
+        self.copy_prediction = PushButton(text="Copy prediction into this slice")
+        self.overwrite = CheckBox(text="also over annotated voxels", value=False)
+        self.import_button = PushButton(text="Import labels from file…")
+        self.next_slice = PushButton(text="Next slice to correct")
+        self.next_slice.tooltip = (
             "Jump to the unannotated slice where the model is least sure (needs a segmentation "
             "with the uncertainty layer)"
         )
-        self.counts = QLabel("")
-        self.counts.setWordWrap(True)
-        self.save_to = QPushButton("Autosave folder…")
-        self.save_status = QLabel("")
-        self.save_status.setWordWrap(True)
+        self.counts = Label(value="")
+        self.counts.native.setWordWrap(True)
+        self.save_to = PushButton(text="Autosave folder…")
+        self.save_status = Label(value="")
+        self.save_status.native.setWordWrap(True)
         self.controls = JobControls(self.runner, "")
-        self.controls.run_button.hide()
+        self.controls.run_button.visible = False
         self.controls.also_disable(self.import_button, self.next_slice)
 
-        form = QFormLayout()
-        form.addRow("Image", self.image)
-        form.addRow("Slice axis", self.axis)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.create)
-        layout.addWidget(self.table)
-        row = QHBoxLayout()
-        row.addWidget(self.add_phase)
-        row.addWidget(self.remove_phase)
-        layout.addLayout(row)
-        row2 = QHBoxLayout()
-        row2.addWidget(self.copy_prediction)
-        row2.addWidget(self.overwrite)
-        layout.addLayout(row2)
-        layout.addWidget(self.import_button)
-        layout.addWidget(self.next_slice)
-        layout.addWidget(self.counts)
-        row3 = QHBoxLayout()
-        row3.addWidget(self.save_to)
-        row3.addWidget(self.save_status, 1)
-        layout.addLayout(row3)
-        layout.addWidget(self.controls)
-        layout.addWidget(self.controls.status)
-        layout.addStretch(1)
+        def row(*widgets: Any) -> Container:
+            c = Container(widgets=list(widgets), layout="horizontal", labels=False)
+            c.margins = (0, 0, 0, 0)
+            return c
 
-        self._autosave_timer = QTimer(self)
+        form = Container(widgets=[self.image, self.axis])
+        form.margins = (0, 0, 0, 0)
+        super().__init__(
+            widgets=[
+                form,
+                self.create,
+                self.table,
+                row(self.add_phase, self.remove_phase),
+                row(self.copy_prediction, self.overwrite),
+                self.import_button,
+                self.next_slice,
+                self.counts,
+                row(self.save_to, self.save_status),
+                self.controls,
+            ],
+            labels=False,
+        )
+
+        self._autosave_timer = QTimer(self.native)
         self._autosave_timer.setSingleShot(True)
-        self._autosave_timer.setInterval(1500)
+        self._autosave_timer.setInterval(AUTOSAVE_DELAY_MS)
         self._autosave_timer.timeout.connect(self.save_now)
-        self._count_timer = QTimer(self)
+        self._count_timer = QTimer(self.native)
         self._count_timer.setSingleShot(True)
-        self._count_timer.setInterval(300)
+        self._count_timer.setInterval(COUNT_DELAY_MS)
         self._count_timer.timeout.connect(self.update_counts)
+        # A dock closed or hidden right after painting still saves what was painted.
+        self._flusher = _FlushOnHide(self.flush_autosave, self.native)
+        self.native.installEventFilter(self._flusher)
 
-        self.create.clicked.connect(lambda: self.ensure_layer())
-        self.table.cellClicked.connect(self._cell_clicked)
-        self.table.itemChanged.connect(self._item_changed)
-        self.add_phase.clicked.connect(self._add_phase)
-        self.remove_phase.clicked.connect(self._remove_phase)
-        self.copy_prediction.clicked.connect(lambda: self.copy_prediction_slice())
-        self.import_button.clicked.connect(self._import_clicked)
-        self.next_slice.clicked.connect(lambda: self.goto_next_slice())
-        self.save_to.clicked.connect(self._choose_folder)
-        self.session.events.phases_changed.connect(self._phases_changed)
-        self._fill_table()
+        self.create.changed.connect(self._create_clicked)
+        self.table.phase_clicked.connect(self.select_phase)
+        self.table.colour_clicked.connect(self._choose_colour)
+        self.table.renamed.connect(self.rename)
+        self.add_phase.changed.connect(self._add_phase)
+        self.remove_phase.changed.connect(self._remove_phase)
+        self.copy_prediction.changed.connect(self._copy_clicked)
+        self.import_button.changed.connect(self._import_clicked)
+        self.next_slice.changed.connect(self._next_clicked)
+        self.save_to.changed.connect(self._choose_folder)
+        self.state.phases_changed.connect(self._phases_changed)
         if ANNOTATIONS in napari_viewer.layers:
             self._bind(napari_viewer.layers[ANNOTATIONS])
 
     # phase table -----------------------------------------------------------------------------
     @property
     def phases(self) -> PhaseTable:
-        return self.session.phases
-
-    def _fill_table(self) -> None:
-        self.table.blockSignals(True)
-        self.table.setRowCount(len(self.phases))
-        for r, p in enumerate(self.phases.phases):
-            key = QTableWidgetItem(str(p.id) if p.id <= 9 else "")
-            key.setFlags(key.flags() & ~key.flags().ItemIsEditable)
-            self.table.setItem(r, 0, key)
-            self.table.setItem(r, 1, QTableWidgetItem(p.name))
-            colour = QTableWidgetItem("")
-            colour.setBackground(QColor(p.colour))
-            colour.setFlags(colour.flags() & ~colour.flags().ItemIsEditable)
-            colour.setToolTip("click to change the colour")
-            self.table.setItem(r, 2, colour)
-        self.table.blockSignals(False)
+        """The phase table of the annotations (shared by the viewer's widgets)."""
+        return self.state.phases
 
     def set_phases(self, phases: PhaseTable) -> None:
         """Use ``phases`` for the annotations (refuses to drop a phase that holds annotations)."""
@@ -244,35 +219,36 @@ class AnnotateWidget(QWidget):
                     f"phase {top} ({self.phases.phases[top - 1].name}) holds annotations; erase "
                     "them before removing the phase"
                 )
-        self.session.set_phases(phases)
+        self.state.set_phases(phases)
 
     def _phases_changed(self, phases: PhaseTable) -> None:
-        self._fill_table()
+        try:
+            self.table.show_phases(phases)
+        except RuntimeError:  # the dock was closed: stop following the phase table
+            self.state.phases_changed.disconnect(self._phases_changed)
+            return
         if self._layer is not None:
             apply_phases(self._layer, phases)
             self._bind_keys(self._layer)
             self._schedule()
 
-    def _item_changed(self, item: QTableWidgetItem) -> None:
-        if item.column() != 1:
-            return
+    def rename(self, phase_id: int, name: str) -> None:
+        """Rename a phase (a name already used, or an empty one, is refused with a notification)."""
         names = list(self.phases.names)
-        names[item.row()] = item.text().strip()
+        names[phase_id - 1] = name
         try:
             self.set_phases(PhaseTable.from_names(names, [p.colour for p in self.phases.phases]))
         except ValueError as err:
             notify_error(f"Cannot rename the phase: {err}")
-            self._fill_table()
+            self.table.show_phases(self.phases)
 
-    def _cell_clicked(self, row: int, column: int) -> None:
-        if column == 2:
-            colour = QColorDialog.getColor(QColor(self.phases.phases[row].colour), self)
-            if colour.isValid():
-                self.recolour(row + 1, colour.name())
-            return
-        self.select_phase(row + 1)
+    def _choose_colour(self, phase_id: int) -> None:
+        colour = QColorDialog.getColor(QColor(self.phases.phases[phase_id - 1].colour), self.native)
+        if colour.isValid():
+            self.recolour(phase_id, colour.name())
 
     def recolour(self, phase_id: int, colour: str) -> None:
+        """Give phase ``phase_id`` the colour ``colour`` (``#rrggbb``)."""
         ph = list(self.phases.phases)
         ph[phase_id - 1] = Phase(phase_id, ph[phase_id - 1].name, colour)
         self.set_phases(PhaseTable(tuple(ph)))
@@ -304,20 +280,24 @@ class AnnotateWidget(QWidget):
         layer.selected_label = phase_id
         layer.mode = "paint"
         self.viewer.layers.selection.active = layer
-        self.table.selectRow(phase_id - 1)
+        self.table.select_phase(phase_id)
 
     # the layer -------------------------------------------------------------------------------
     @property
     def layer(self) -> Any:
+        """The bound ``annotations`` layer, or None."""
         return self._layer
+
+    def _create_clicked(self) -> None:
+        self.ensure_layer()
 
     def ensure_layer(self) -> Any:
         """The ``annotations`` layer for the chosen image: existing, restored from the autosave,
         or new (zeros). None (with a notification) if there is no usable image."""
         if self._layer is not None and self._layer in self.viewer.layers:
             return self._layer
+        image = self.image.layer
         try:
-            image = self.image.layer()
             volume = check_image_layer(image)
         except ValueError as err:
             notify_error(f"Cannot annotate: {err}")
@@ -335,77 +315,44 @@ class AnnotateWidget(QWidget):
             return layer
         from napari_tomoseg.core.io.labelstore import needs_store
 
+        message = None
         if needs_store(shape):
             try:
-                data, restored = self._open_store(image, shape)
+                found = open_annotation_store(image, shape, self.phases, self.autosave_folder)
             except (ValueError, OSError) as err:
                 notify_error(f"Cannot annotate: {err}")
                 return None
+            data, message, self.last_saved = found.data, found.message, found.path
+            if found.phases is not None:
+                self.state.set_phases(found.phases)
         else:
             data = np.zeros(shape, np.uint8)
-            restored = self._restore(image, data)
+            try:
+                restored = restore_annotations(image, shape, self.autosave_folder)
+            except (ValueError, OSError) as err:
+                notify_warning(f"Could not restore the saved annotations: {err}")
+                restored = None
+            if restored is not None:
+                data[...] = restored.data
+                message, self.last_saved = restored.message, restored.path
+                if restored.phases is not None:
+                    self.state.set_phases(restored.phases)
         layer = self.viewer.add_labels(data, name=ANNOTATIONS, **geometry(image), opacity=0.7)
         layer.metadata["tomoseg_image"] = image.name
         self._bind(layer)
-        if restored:
-            notify_info(restored)
+        if message:
+            notify_info(message)
         return layer
-
-    def _open_store(self, image: Any, shape: tuple[int, ...]) -> tuple[Any, str | None]:
-        """The annotations of a volume too big for memory: a zarr store next to it, reopened if it
-        exists. Painting writes straight into it, so nothing is lost in a crash."""
-        from napari_tomoseg.core.io.labelstore import (
-            create_store,
-            open_store,
-            store_phases,
-            summarize_labels,
-        )
-
-        path = autosave_path(image, self.autosave_folder)
-        self.last_saved = path
-        if path.exists():
-            data = open_store(path, shape=shape, kind="labels")
-            phases = store_phases(data)
-            if phases is not None:
-                self.session.set_phases(phases)
-            n = summarize_labels(data).labelled
-            return data, f"Restored {n:,} annotated voxels from {path}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return create_store(path, shape, phases=self.phases, voxel_size=voxel_size(image)), None
-
-    def _restore(self, image: Any, data: np.ndarray) -> str | None:
-        path = autosave_path(image, self.autosave_folder)
-        if not path.is_file() or not is_ours(path):
-            return None
-        from napari_tomoseg.core.io import read_label_phases, read_labels
-
-        try:
-            saved = read_labels(path)
-            phases = read_label_phases(path)
-        except (ValueError, OSError) as err:
-            notify_warning(f"Could not restore the annotations saved in {path}: {err}")
-            return None
-        if saved.shape != data.shape:
-            notify_warning(
-                f"Annotations saved in {path} have shape {saved.shape}, the volume {data.shape}; "
-                "not restored"
-            )
-            return None
-        data[...] = saved
-        if phases is not None:
-            self.session.set_phases(phases)
-        self.last_saved = path
-        return f"Restored {int(np.count_nonzero(saved)):,} annotated voxels from {path}"
 
     def _bind(self, layer: Any) -> None:
         if self._layer is layer:
             return
-        if np.dtype(layer.data.dtype) != np.uint8:
-            top = int(np.asarray(layer.data).max()) if layer.data.size else 0
-            if top > 255 or int(np.asarray(layer.data).min()) < 0:
+        if np.dtype(layer.data.dtype) != np.uint8:  # painting lags on wide label arrays
+            values = np.asarray(layer.data)
+            if values.size and (int(values.max()) > 255 or int(values.min()) < 0):
                 notify_error(f"Layer {layer.name!r} holds ids outside 0..255; cannot use it")
                 return
-            layer.data = np.asarray(layer.data).astype(np.uint8)
+            layer.data = values.astype(np.uint8)
         self._layer = layer
         apply_phases(layer, self.phases)
         self._bind_keys(layer)
@@ -414,9 +361,8 @@ class AnnotateWidget(QWidget):
         self.update_counts()
 
     def _bind_keys(self, layer: Any) -> None:
-        for i in range(1, 10):
-            if i <= len(self.phases):
-                layer.bind_key(str(i), self._key_handler(i), overwrite=True)
+        for i in range(1, min(9, len(self.phases)) + 1):
+            layer.bind_key(str(i), self._key_handler(i), overwrite=True)
 
     def _key_handler(self, phase_id: int) -> Any:
         def handler(layer: Any) -> None:
@@ -435,7 +381,7 @@ class AnnotateWidget(QWidget):
         if layer is None:
             return
         data = layer.data
-        axis = AXES.index(self.axis.currentText())
+        axis = AXES.index(self.axis.value)
         n = len(self.phases)
 
         def count() -> tuple[np.ndarray, np.ndarray]:
@@ -466,21 +412,27 @@ class AnnotateWidget(QWidget):
         }
         lines = [f"{name}: {v:,} voxels in {s} slices" for name, (v, s) in self.last_counts.items()]
         try:
-            self.counts.setText("\n".join(lines))
-        except RuntimeError:
+            self.counts.value = "\n".join(lines)
+        except RuntimeError:  # the dock was closed meanwhile
             pass
 
     # autosave --------------------------------------------------------------------------------
     def _choose_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Save annotations in")
-        if folder:
-            self.autosave_folder = Path(folder)
+        folder = choose_folder(self.native, "Save annotations in")
+        if folder is not None:
+            self.autosave_folder = folder
+            self.save_now()
+
+    def flush_autosave(self) -> None:
+        """Write a pending autosave now (the dock is being hidden or closed)."""
+        if self._autosave_timer.isActive():
+            self._autosave_timer.stop()
             self.save_now()
 
     def save_now(self) -> bool:
         """Write the annotations now (atomically, in a worker). Never replaces a file not ours."""
         layer = self._layer
-        image = self.image.layer()
+        image = self.image.layer
         if layer is None or image is None or layer not in self.viewer.layers:
             return False
         if self._saver.running:
@@ -493,26 +445,16 @@ class AnnotateWidget(QWidget):
         data = np.array(layer.data, dtype=np.uint8, copy=True)
         voxel = voxel_size(layer)
 
-        def job(token: Any) -> Generator[None, None, Path]:
-            from napari_tomoseg.core.io import write_labels
-
-            yield from ()
-            if path.exists() and not is_ours(path):
-                raise FileExistsError(
-                    f"{path} exists and was not written by napari-tomoseg; choose another autosave "
-                    "folder (Autosave folder…)"
-                )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return write_labels(path, data, phases=phases, voxel_size=voxel, overwrite=True)
-
         def saved(p: Path) -> None:
             self.last_saved = p
             try:
-                self.save_status.setText(f"saved to {p}")
-            except RuntimeError:
+                self.save_status.value = f"saved to {p}"
+            except RuntimeError:  # the dock was closed meanwhile
                 pass
 
-        self._saver.start(job, on_return=saved)
+        self._saver.start(
+            lambda token: iter_save_annotations(path, data, phases, voxel), on_return=saved
+        )
         return True
 
     def _save_store(self, layer: Any, phases: PhaseTable) -> bool:
@@ -526,10 +468,13 @@ class AnnotateWidget(QWidget):
             notify_error(f"Could not record the phase table with the annotations: {err}")
             return False
         where = self.last_saved or "the annotation store"
-        self.save_status.setText(f"saved as painted, in {where}")
+        self.save_status.value = f"saved as painted, in {where}"
         return True
 
     # filling ---------------------------------------------------------------------------------
+    def _copy_clicked(self) -> None:
+        self.copy_prediction_slice()
+
     def copy_prediction_slice(self) -> int:
         """Copy the prediction of the slice on screen into the annotations (only into unannotated
         voxels unless "also over annotated voxels" is checked). Undoable. Returns voxels changed."""
@@ -546,7 +491,7 @@ class AnnotateWidget(QWidget):
                 f"{tuple(layer.data.shape)}: segment this image first"
             )
             return 0
-        axis = AXES.index(self.axis.currentText())
+        axis = AXES.index(self.axis.value)
         _, index = current_slice(self.viewer, axis)
         where: list[Any] = [slice(None)] * 3
         where[axis] = index
@@ -559,26 +504,26 @@ class AnnotateWidget(QWidget):
             return 0
         dst = np.asarray(layer.data[tuple(where)])
         take = src > 0
-        if not self.overwrite.isChecked():
+        if not self.overwrite.value:
             take &= dst == 0
         take &= src != dst
         coords = list(np.nonzero(take))
-        full = [np.full(coords[0].shape, index, dtype=np.intp)]
-        indices = tuple(full[0] if a == axis else coords.pop(0) for a in range(3))
+        full = np.full(coords[0].shape, index, dtype=np.intp)
+        indices = tuple(full if a == axis else coords.pop(0) for a in range(3))
         if take.any():
-            layer.data_setitem(indices, src[take])
+            layer.data_setitem(indices, src[take])  # through napari's history: Ctrl+Z undoes it
         self._schedule()
         n = int(take.sum())
-        self.controls.status.setText(
+        self.controls.status.value = (
             f"Copied {n:,} voxels of the prediction into {AXES[axis]}={index}"
         )
         return n
 
     def _import_clicked(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Import labels", "", "Label volumes (*.tif *.tiff *.npy *.zarr *.h5 *.hdf5)"
+        path = choose_input_file(
+            self.native, "Import labels", "Label volumes (*.tif *.tiff *.npy *.zarr *.h5 *.hdf5)"
         )
-        if path:
+        if path is not None:
             self.import_file(path)
 
     def import_file(self, path: str | Path, *, mapping: dict[int, int] | None = None) -> bool:
@@ -605,8 +550,8 @@ class AnnotateWidget(QWidget):
             labels, ids, counts = res
             chosen = mapping
             if chosen is None:
-                dialog = RemapDialog(ids, counts, self.phases, self)
-                if dialog.exec() != QDialog.DialogCode.Accepted:
+                dialog = RemapDialog(ids, counts, self.phases)
+                if not dialog.exec():
                     return
                 chosen = dialog.mapping()
             self.apply_import(labels, chosen)
@@ -638,21 +583,24 @@ class AnnotateWidget(QWidget):
                     layer.data[sl] = block
             layer.refresh()
         self._schedule()
-        self.controls.status.setText(f"Imported {n:,} annotated voxels")
+        self.controls.status.value = f"Imported {n:,} annotated voxels"
         return n
+
+    def _next_clicked(self) -> None:
+        self.goto_next_slice()
 
     def goto_next_slice(self) -> bool:
         """Jump to the unannotated slice with the highest mean uncertainty."""
         layer = self.ensure_layer()
         if layer is None or self.runner.running:
             return False
-        scores = self.session.slice_scores
+        scores = self.state.slice_scores
         if scores is None or tuple(scores.shape) != tuple(layer.data.shape):
             notify_error(
                 "No uncertainty for this volume: segment it first with 'Uncertainty layer' checked"
             )
             return False
-        axis = AXES.index(self.axis.currentText())
+        axis = AXES.index(self.axis.value)
         ann = layer.data
 
         def job(token: Any) -> Generator[None, None, Any]:
@@ -668,19 +616,10 @@ class AnnotateWidget(QWidget):
                 notify_info("Every slice holds annotations already")
                 return
             self.viewer.dims.set_current_step(axis, best[0].index)
-            self.controls.status.setText(
+            self.controls.status.value = (
                 f"Most uncertain unannotated slice: {AXES[axis]}={best[0].index} "
                 f"(mean uncertainty {best[0].score:.2f})"
             )
 
         self.runner.start(job, on_return=jump)
         return True
-
-    def closeEvent(self, event: Any) -> None:
-        if self._autosave_timer.isActive():
-            self._autosave_timer.stop()
-            self.save_now()
-        super().closeEvent(event)
-
-
-__all__ = ["AnnotateWidget", "JobState", "RemapDialog", "autosave_path"]
