@@ -115,7 +115,7 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(phantom, tmp_path, m
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(segment, "segment_with_progress", interrupted)
+    monkeypatch.setattr(segment, "run_plan", interrupted)
     out = tmp_path / "labels.zarr"
     assert main(["segment", str(phantom / "vol.zarr"), "-o", str(out)]) == 130
     assert list(tmp_path.iterdir()) == []

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_tomoseg._cli.common import AXES, CliError
+from napari_tomoseg._cli.common import CliError
+from napari_tomoseg.core.model.modes import AXES
 from napari_tomoseg.core.phases import PhaseTable
 
 

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_tomoseg.core.model.modes import AXES, MODES
+
 if TYPE_CHECKING:
     from napari_tomoseg.core.model import TomosegModel
-    from napari_tomoseg.core.segment import InferenceConfig
+    from napari_tomoseg.core.segment import InferenceConfig, SegmentPlan, SegmentResult
 
 __all__ = [
-    "AXES",
-    "MODES",
     "CliError",
     "add_inference_options",
     "format_number",
@@ -30,17 +30,13 @@ __all__ = [
     "parse_duration",
     "parse_slices",
     "progress_bar",
+    "run_plan",
     "set_threads",
 ]
 
 
 class CliError(Exception):
     """A user error with a message that says what to do; ``tomoseg`` prints it on one line."""
-
-
-#: Slicing axis letters and their array axes (volumes are indexed z, y, x).
-AXES = {"z": 0, "y": 1, "x": 2}
-MODES = ("2d", "2d-3axes", "2.5d", "3d")
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,3 +175,20 @@ def progress_bar(total: float, desc: str, *, unit: str = "vox", unit_scale: bool
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale, disable=None, leave=False)
+
+
+def run_plan(plan: SegmentPlan, *, out: Any = None, probabilities_out: Any = None) -> SegmentResult:
+    """Run a segmentation plan to the end with a progress bar (voxels); returns its result."""
+    from napari_tomoseg.core.progress import run_to_completion
+
+    bar = progress_bar(int(np.prod(plan.shape)), "segment")
+    last = [0]
+
+    def update(event: Any) -> None:
+        bar.update(event.done - last[0])
+        last[0] = event.done
+
+    try:
+        return run_to_completion(plan.run(out, probabilities_out=probabilities_out), update)
+    finally:
+        bar.close()

@@ -19,9 +19,9 @@ from napari_tomoseg._cli.common import (
     format_table,
     inference_config,
     load_model,
+    run_plan,
     set_threads,
 )
-from napari_tomoseg._cli.segment import segment_with_progress
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_tomoseg.core.measure.baseline import grey_level_baseline
     from napari_tomoseg.core.measure.metrics import jaccard_per_phase
     from napari_tomoseg.core.phantom.composite import PhantomConfig, make_phantom
-    from napari_tomoseg.core.segment import Predictor
+    from napari_tomoseg.core.segment import Segmenter
 
     set_threads(args.threads)
     folder = Path(args.output) if args.output else fresh_folder(Path("tomoseg-demo"))
@@ -65,9 +65,7 @@ def run(args: argparse.Namespace) -> int:
     ph = make_phantom(PhantomConfig(shape=tuple(args.shape)), seed=args.seed)
     t_synth = time.perf_counter() - t0
     model = load_model(args.model)
-    config = inference_config(args)
-    predictor = Predictor(model, device=config.device, precision=config.precision)
-    result: Any = segment_with_progress(ph.volume, predictor, config)
+    result = run_plan(Segmenter(model, inference_config(args)).plan(ph.volume))
     n = len(model.phases)
     unet = jaccard_per_phase(result.labels, ph.labels, n)
     grey = jaccard_per_phase(grey_level_baseline(ph.volume, ph.labels, n), ph.labels, n)

@@ -1,7 +1,7 @@
 """``tomoseg segment VOLUME -o LABELS``: a volume into phase labels, block by block.
 
-VOLUME (lazy) -> core.segment (options resolved once, streamed region by region) -> LABELS
-(+ the uncertainty map) written through temporary stores -> time, speed and phase fractions printed.
+VOLUME (lazy) -> Segmenter(model, options).plan(volume) (options resolved and the volume prepared
+once) -> plan.run into prediction_stores: LABELS (+ the uncertainty map) through temporary stores -> time, speed and phase fractions printed.
 With --scheduler / --local-cluster the blocks run on dask workers (core.segment.distributed).
 """
 
@@ -19,7 +19,7 @@ from napari_tomoseg._cli.common import (
     add_inference_options,
     inference_config,
     load_model,
-    progress_bar,
+    run_plan,
     set_threads,
 )
 
@@ -104,64 +104,35 @@ def run(args: argparse.Namespace) -> int:
         counts = result.counts
         seconds, device, precision, mode = result.seconds, "dask", result.precision, result.mode
     else:
-        from napari_tomoseg.core.measure.uncertainty import entropy
-        from napari_tomoseg.core.segment import Predictor, format_bytes, resolve
+        from napari_tomoseg.core.segment import Segmenter, format_bytes, prediction_stores
 
-        predictor = Predictor(model, device=config.device, precision=config.precision)
-        settings = resolve(
-            config,
-            model,
-            shape,
-            itemsize=np.dtype(volume.dtype).itemsize,
-            probabilities=unc_path is not None,
-            device=predictor.device,
-            dtype=predictor.dtype,
-        )
-        if settings.memory_estimate is not None:
-            log.info(
-                "memory budget %s: %d slices per block, %d tiles per batch, expected peak %s",
-                format_bytes(config.memory),
-                settings.block,
-                settings.batch_size,
-                format_bytes(settings.memory_estimate),
-            )
-        chunks = _output_chunks(settings, shape)
+        segmenter = Segmenter(model, config)
         with contextlib.ExitStack() as stack:
             source = stack.enter_context(
                 io.rechunked(volume, folder=out_path.parent, name=str(args.input))
             )
-            labels = stack.enter_context(
-                io.streaming_output(
+            plan = segmenter.plan(source, probabilities=unc_path is not None)
+            if plan.settings.memory_estimate is not None:
+                log.info(
+                    "memory budget %s: %d slices per block, %d tiles per batch, expected peak %s",
+                    format_bytes(config.memory),
+                    plan.settings.block,
+                    plan.settings.batch_size,
+                    format_bytes(plan.settings.memory_estimate),
+                )
+            stores = stack.enter_context(
+                prediction_stores(
                     out_path,
                     shape,
                     phases=model.phases,
+                    chunks=plan.output_chunks,
+                    uncertainty=unc_path,
                     voxel_size=voxel_size,
-                    chunks=chunks,
                     overwrite=args.overwrite,
                 )
             )
-            counting = CountingWriter(labels, len(model.phases))
-            entropy_out = None
-            if unc_path is not None:
-                unc = stack.enter_context(
-                    io.streaming_output(
-                        unc_path,
-                        shape,
-                        kind="volume",
-                        voxel_size=voxel_size,
-                        chunks=chunks,
-                        overwrite=args.overwrite,
-                    )
-                )
-                entropy_out = _EntropyOut(unc, len(model.phases), entropy)
-            result = segment_with_progress(
-                source,
-                predictor,
-                config,
-                out=counting,
-                probabilities_out=entropy_out,
-            )
-        counts = counting.counts
+            result = run_plan(plan, out=stores.out, probabilities_out=stores.probabilities_out)
+        counts = stores.out.counts
         seconds, device, precision = result.seconds, result.device, result.precision
         mode = result.settings.mode
     fractions = counts[1:] / max(1, int(counts.sum()))
@@ -175,64 +146,3 @@ def run(args: argparse.Namespace) -> int:
     for name, f in zip(model.phases.names, fractions, strict=True):
         print(f"  {name:<10} {100 * f:6.2f} %")
     return 0
-
-
-def segment_with_progress(
-    volume: Any, predictor: Any, config: Any, *, out: Any = None, probabilities_out: Any = None
-) -> Any:
-    """Run the segmentation to the end with a progress bar; returns the core's result."""
-    from napari_tomoseg.core.progress import run_to_completion
-    from napari_tomoseg.core.segment import iter_segment
-
-    bar = progress_bar(int(np.prod(volume.shape)), "segment")
-    last = [0]
-
-    def update(event: Any) -> None:
-        bar.update(event.done - last[0])
-        last[0] = event.done
-
-    try:
-        return run_to_completion(
-            iter_segment(volume, predictor, config, out=out, probabilities_out=probabilities_out),
-            update,
-        )
-    finally:
-        bar.close()
-
-
-class CountingWriter:
-    """Writes label blocks to ``target`` and counts the voxels of each phase on the way."""
-
-    def __init__(self, target: Any, n_phases: int) -> None:
-        self.target = target
-        self.shape = tuple(target.shape)
-        self.counts = np.zeros(n_phases + 1, np.int64)
-
-    def __setitem__(self, key: Any, labels: np.ndarray) -> None:
-        self.counts += np.bincount(labels.ravel(), minlength=len(self.counts))[: len(self.counts)]
-        self.target[key] = labels
-
-
-class _EntropyOut:
-    """TEMPORARY until core.segment.outputs.EntropyWriter lands."""
-
-    def __init__(self, target: Any, n_phases: int, entropy: Any) -> None:
-        self.target = target
-        self.shape = (n_phases, *target.shape)
-        self.entropy = entropy
-
-    def __setitem__(self, key: Any, probabilities: np.ndarray) -> None:
-        u = self.entropy(probabilities)
-        self.target[key[1:]] = np.rint(u * np.float32(255)).astype(np.uint8)
-
-
-def _output_chunks(settings: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """TEMPORARY until plan.output_chunks lands."""
-    if settings.mode in ("2d", "2.5d"):
-        chunks = [512, 512, 512]
-        chunks[settings.axis] = settings.block
-    elif settings.mode == "3d":
-        chunks = [settings.block, 512, 512]
-    else:
-        chunks = [settings.block] * 3
-    return tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_tomoseg._cli.common import AXES, MODES, CliError, load_model, progress_bar, set_threads
+from napari_tomoseg._cli.common import CliError, load_model, progress_bar, set_threads
+from napari_tomoseg.core.model.modes import AXES, MODES
 
 
 def run(args: argparse.Namespace) -> int:

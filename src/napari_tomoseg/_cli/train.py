@@ -23,6 +23,7 @@ from napari_tomoseg._cli.common import (
     progress_bar,
     set_threads,
 )
+from napari_tomoseg.core.model.modes import TRAIN_MODES
 
 
 def _keep_slices(annotations: np.ndarray, axis: int, indices: list[int]) -> np.ndarray:
@@ -208,7 +209,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--scratch", action="store_true", help="train a new model from random weights")
     p.add_argument(
         "--mode",
-        choices=["2d", "2.5d", "3d"],
+        choices=list(TRAIN_MODES),
         help=(
             "mode of a --scratch model (default 2d); a 2D base model becomes 2.5D (it also sees "
             "neighbouring slices) unless --mode 2d"
