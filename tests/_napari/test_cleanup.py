@@ -5,29 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_tomoseg._napari import _common, cleanup
-from napari_tomoseg._napari._common import JobState, apply_phases
+from napari_tomoseg._napari import notify
 from napari_tomoseg._napari.cleanup import SELECTION_LAYER, CleanupWidget
-from napari_tomoseg.core.phases import COMPOSITE_PHASES
+from napari_tomoseg._napari.jobs import JobState
+from napari_tomoseg._napari.layers import apply_phases
+from napari_tomoseg.core.phases import COMPOSITE_PHASES, PhaseTable
 
 MATRIX, FIBRE, PORE = 1, 2, 3
 
 
 @pytest.fixture
-def wait_job(qtbot):
-    def wait(runner, timeout: int = 60_000):
-        assert runner.worker is not None, "no job was started"
-        qtbot.waitUntil(lambda: runner.state is not JobState.RUNNING, timeout=timeout)
-        return runner.state
-
-    return wait
-
-
-@pytest.fixture
 def errors_seen(monkeypatch):
     seen: list[str] = []
-    monkeypatch.setattr(cleanup, "notify_error", seen.append)
-    monkeypatch.setattr(_common, "notify_error", seen.append)
+    monkeypatch.setattr(notify, "show_error", seen.append)
     return seen
 
 
@@ -53,20 +43,29 @@ def test_find_select_highlight_reassign_undo(viewer_with_prediction, qtbot, wait
     layer = viewer.layers["prediction"]
     original = layer.data.copy()
     w = CleanupWidget(viewer)
-    qtbot.addWidget(w)
-    assert w.layer_combo.currentText() == "prediction"
-    assert w.phase_combo.currentText() == "pore"  # the pore phase is the default
-    w.min_area.setValue(20)
-    w.min_aspect.setValue(5)
-    w.analyse()
+    qtbot.addWidget(w.native)
+    assert w.labels_layer.layer is layer
+    assert w.phase.value == "pore"  # the pore phase is the default
+    assert w.to.choices == ("(surrounding phase)", "matrix", "fibre", "pore")
+    w.min_area.value = 20
+    w.min_aspect.value = 5
+    w.controls.run_button.native.click()
     assert wait_job(w.runner) is JobState.DONE
     assert len(w.blobs) == 4
     assert w.blobs.area.tolist() == [9, 36, 60, 16]
     assert w.selection.tolist() == [False, True, True, False]
-    assert "2 of 4 blobs selected (96 voxels)" in w.summary.text()
+    assert "2 of 4 blobs selected (96 voxels)" in w.summary.value
     # Scatter plot on log axes, one point per blob.
-    assert w.ax.get_xscale() == "log" and w.ax.get_yscale() == "log"
-    assert w._scatter.get_offsets().shape == (4, 2)
+    ax = w.scatter.ax
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert w.scatter.points.get_offsets().shape == (4, 2)
+    colours = w.scatter.points.get_facecolors()
+    assert [tuple(c) for c in colours[:, :3]] == [
+        (0.3, 0.45, 0.7),
+        (1, 0, 1),
+        (1, 0, 1),
+        (0.3, 0.45, 0.7),
+    ]
     # Highlight layer: exactly the selected blobs, with the layer's scale.
     sel = viewer.layers[SELECTION_LAYER]
     expected = np.zeros_like(original)
@@ -75,12 +74,12 @@ def test_find_select_highlight_reassign_undo(viewer_with_prediction, qtbot, wait
     np.testing.assert_array_equal(sel.data, expected)
     assert tuple(sel.scale) == (2.0, 1.0, 1.0)
     # Thresholds update the selection live.
-    w.min_area.setValue(50)
+    w.min_area.value = 50
     assert w.selection.tolist() == [False, False, True, False]
-    w.min_area.setValue(20)
+    w.min_area.value = 20
 
-    w.to_combo.setCurrentText("matrix")
-    w.reassign()
+    w.to.value = "matrix"
+    w.reassign_button.native.click()
     wait_job(w.runner)  # the re-analysis after the edit
     assert (layer.data[1, 20, 2:38] == MATRIX).all() and (
         layer.data[2, 10:12, 5:35] == MATRIX
@@ -89,11 +88,11 @@ def test_find_select_highlight_reassign_undo(viewer_with_prediction, qtbot, wait
     assert np.count_nonzero(layer.data != original) == 96
     assert len(w.blobs) == 2  # re-analysed
     # Our Undo button puts the voxels back ...
-    assert w.undo_button.isEnabled()
-    w.undo()
+    assert w.undo_button.enabled
+    w.undo_button.native.click()
     wait_job(w.runner)
     np.testing.assert_array_equal(layer.data, original)
-    assert not w.undo_button.isEnabled()
+    assert not w.undo_button.enabled
 
 
 def test_reassign_is_in_napari_history(viewer_with_prediction, qtbot, wait_job):
@@ -101,9 +100,9 @@ def test_reassign_is_in_napari_history(viewer_with_prediction, qtbot, wait_job):
     layer = viewer.layers["prediction"]
     original = layer.data.copy()
     w = CleanupWidget(viewer)
-    qtbot.addWidget(w)
-    w.min_area.setValue(30)
-    w.min_aspect.setValue(5)
+    qtbot.addWidget(w.native)
+    w.min_area.value = 30
+    w.min_aspect.value = 5
     w.analyse()
     wait_job(w.runner)
     w.reassign()  # default: the surrounding phase (matrix here)
@@ -115,7 +114,7 @@ def test_reassign_is_in_napari_history(viewer_with_prediction, qtbot, wait_job):
 
 def test_lasso_selection(viewer_with_prediction, qtbot, wait_job):
     w = CleanupWidget(viewer_with_prediction)
-    qtbot.addWidget(w)
+    qtbot.addWidget(w.native)
     w.analyse()
     wait_job(w.runner)
     # A box around the two small, round blobs (area 9 and 16, aspect 1).
@@ -127,9 +126,9 @@ def test_lasso_selection(viewer_with_prediction, qtbot, wait_job):
 def test_edited_labels_need_a_new_analysis(viewer_with_prediction, qtbot, wait_job, errors_seen):
     layer = viewer_with_prediction.layers["prediction"]
     w = CleanupWidget(viewer_with_prediction)
-    qtbot.addWidget(w)
-    w.min_area.setValue(30)
-    w.min_aspect.setValue(5)
+    qtbot.addWidget(w.native)
+    w.min_area.value = 30
+    w.min_aspect.value = 5
     w.analyse()
     wait_job(w.runner)
     layer.data[1, 5, 5] = PORE  # painted after the analysis: a new blob in a selected slice
@@ -137,13 +136,32 @@ def test_edited_labels_need_a_new_analysis(viewer_with_prediction, qtbot, wait_j
     w.reassign()
     assert errors_seen and "changed since" in errors_seen[-1]
     np.testing.assert_array_equal(layer.data, before)
-    assert not w.reassign_button.isEnabled()
+    assert not w.reassign_button.enabled
 
 
 def test_no_layer_notifies(make_napari_viewer, qtbot, errors_seen):
     viewer = make_napari_viewer()
     w = CleanupWidget(viewer)
-    qtbot.addWidget(w)
-    w.analyse()
+    qtbot.addWidget(w.native)
+    assert not w.analyse()
     assert errors_seen and "no labels layer" in errors_seen[-1]
     assert w.runner.state is JobState.IDLE and len(viewer.layers) == 0
+
+
+def test_never_picks_the_ground_truth_and_follows_new_layers(make_napari_viewer, qtbot):
+    from napari_tomoseg._napari.layers import layer_phases
+
+    viewer = make_napari_viewer()
+    gt = viewer.add_labels(_labels(), name="ground truth")
+    w = CleanupWidget(viewer)
+    qtbot.addWidget(w.native)
+    assert w.labels_layer.layer is None
+    assert w.phase.choices == ("matrix", "fibre", "pore")  # the viewer's phase table
+    pred = viewer.add_labels(_labels(), name="prediction")
+    two = PhaseTable.from_names(["solid", "void"])
+    apply_phases(pred, two)
+    assert w.labels_layer.layer is pred and layer_phases(pred) == two
+    qtbot.waitUntil(lambda: w.phase.choices == ("solid", "void"), timeout=2000)
+    assert w.phase.value == "void" and w.to.choices == ("(surrounding phase)", "solid", "void")
+    w.labels_layer.select(gt)
+    assert w.labels_layer.layer is gt

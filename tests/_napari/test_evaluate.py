@@ -1,14 +1,20 @@
-"""The evaluate widget in a real viewer: Jaccard against core.metrics, errors layer, table export."""
+"""The evaluate widget in a real viewer: Jaccard against core.measure, errors layer, table export,
+the held-out voxels of the last fine-tuning, the evaluation shared with the other widgets."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from qtpy.QtWidgets import QApplication, QFileDialog, QMessageBox
 
-from napari_tomoseg._napari import _common, evaluate
-from napari_tomoseg._napari._common import JobState, apply_phases
+from napari_tomoseg._napari import notify
 from napari_tomoseg._napari.evaluate import EvaluateWidget
+from napari_tomoseg._napari.jobs import JobState
+from napari_tomoseg._napari.layers import apply_phases
+from napari_tomoseg._napari.state import state_for
+from napari_tomoseg.core.learn.finetune import FinetunePlan, band_mask
 from napari_tomoseg.core.measure.baseline import GreyLevelClassifier
 from napari_tomoseg.core.measure.metrics import (
     confusion_matrix,
@@ -21,24 +27,9 @@ from .conftest import VOXEL_UM
 
 
 @pytest.fixture
-def wait_job(qtbot):
-    """Wait until the runner leaves RUNNING. (Polls the state: waiting on ``worker.finished``
-    misses a job that finished before the wait began, since the queued signal was emitted before
-    the waiting slot was connected.)"""
-
-    def wait(runner, timeout: int = 60_000):
-        assert runner.worker is not None, "no job was started"
-        qtbot.waitUntil(lambda: runner.state is not JobState.RUNNING, timeout=timeout)
-        return runner.state
-
-    return wait
-
-
-@pytest.fixture
 def errors_seen(monkeypatch):
     seen: list[str] = []
-    monkeypatch.setattr(evaluate, "notify_error", seen.append)
-    monkeypatch.setattr(_common, "notify_error", seen.append)
+    monkeypatch.setattr(notify, "show_error", seen.append)
     return seen
 
 
@@ -57,20 +48,39 @@ def _add_prediction(viewer, pred):
     return layer
 
 
+def _widget(viewer, qtbot):
+    w = EvaluateWidget(viewer)
+    qtbot.addWidget(w.native)
+    return w
+
+
+def _finetuned(viewer, axis, train, held, validation="slices"):
+    """What the Fine-tune widget records after a run (the core's plan is what evaluate reads)."""
+    plan = FinetunePlan(
+        phases=COMPOSITE_PHASES,
+        replace_head=False,
+        axis=axis,
+        train_slices=tuple(train),
+        validation_slices=tuple(held),
+        validation=validation,
+        counts=(1, 1, 1),
+    )
+    state_for(viewer).set_finetune(SimpleNamespace(plan=plan))
+
+
 def test_jaccard_against_ground_truth_matches_core(sample_viewer, small_phantom, qtbot, wait_job):
     volume, truth = small_phantom
     pred = _corrupt(truth)
     pred[:, :2, :] = 0  # outside a mask: left out by default
     _add_prediction(sample_viewer, pred)
-    w = EvaluateWidget(sample_viewer)
-    qtbot.addWidget(w)
-    assert w.prediction_combo.currentText() == "prediction"
-    assert w.reference_combo.currentText() == "ground truth"
-    w.image_combo.set_layer("composite")
-    w.run()
-    assert not w.controls.run_button.isEnabled()  # disabled while the job runs
+    w = _widget(sample_viewer, qtbot)
+    assert w.prediction.layer is sample_viewer.layers["prediction"]
+    assert w.reference.layer is sample_viewer.layers["ground truth"]
+    assert w.image.layer is sample_viewer.layers["composite"]  # the baseline is on by default
+    assert w.run()
+    assert not w.controls.run_button.enabled  # disabled while the job runs
     assert wait_job(w.runner) is JobState.DONE
-    assert w.controls.run_button.isEnabled()
+    assert w.controls.run_button.enabled
 
     r = w.result
     cm = confusion_matrix(pred, truth, 3, mask=pred > 0)
@@ -78,10 +88,14 @@ def test_jaccard_against_ground_truth_matches_core(sample_viewer, small_phantom,
     expected = jaccard_from_confusion(cm)
     np.testing.assert_allclose(r.jaccard, expected)
     assert r.mean_jaccard == pytest.approx(float(np.nanmean(expected)))
-    # The table shows the same numbers (4 decimals).
-    assert w.table.item(0, 0).text() == "matrix"
-    assert float(w.table.item(1, 1).text()) == pytest.approx(expected[1], abs=1e-4)
-    assert w.table.item(3, 0).text() == "mean"
+    assert state_for(sample_viewer).last_evaluation is r  # shared: Export's report reads it
+    # The table shows the same numbers (4 decimals); the confusion matrix the same counts.
+    assert w.table.data[0, 0] == "matrix"
+    assert float(w.table.data[1, 1]) == pytest.approx(expected[1], abs=1e-4)
+    assert w.table.data[3, 0] == "mean"
+    assert w.confusion_table.row_headers == ("matrix", "fibre", "pore")
+    assert w.confusion_table.data[2, 3] == f"{cm[3, 3]:,}"
+    assert "Mean Jaccard" in w.summary.value and f"{r.n_evaluated:,}" in w.summary.value
     # Baseline fitted on the truth: the grey-level upper bound, computed by the core.
     grey = GreyLevelClassifier(3).fit(volume, truth).predict(volume)
     np.testing.assert_allclose(
@@ -101,20 +115,24 @@ def test_jaccard_against_ground_truth_matches_core(sample_viewer, small_phantom,
     np.testing.assert_array_equal(errors.data.astype(bool), expected_errors)
     assert tuple(errors.scale) == pytest.approx((VOXEL_UM,) * 3)
     assert tuple(errors.colormap.map(np.array([1]))[0][:3]) == pytest.approx((1.0, 0.0, 0.0))
-    assert len(w.figure.axes[0].lines) == 3
-    # New layers (errors, annotations) never replace the reference the user chose.
-    assert w.reference_combo.currentText() == "ground truth"
+    assert len(w.plot.figure.axes[0].lines) == 3
+    # The errors layer is never offered as a prediction or reference; evaluated layers stay chosen.
+    assert sample_viewer.layers["errors"] not in w.reference.choices
     sample_viewer.add_labels(np.zeros_like(truth), name="annotations")
-    assert w.reference_combo.currentText() == "ground truth"
+    assert w.reference.layer is sample_viewer.layers["ground truth"]
 
 
-def test_a_new_prediction_layer_is_picked_up(sample_viewer, small_phantom, qtbot):
+def test_reference_prefers_annotations_and_follows_new_layers(sample_viewer, small_phantom, qtbot):
     _, truth = small_phantom
-    w = EvaluateWidget(sample_viewer)
-    qtbot.addWidget(w)
+    w = _widget(sample_viewer, qtbot)
+    assert w.prediction.layer is None  # never the ground truth as a prediction
+    assert w.reference.layer is sample_viewer.layers["ground truth"]
     _add_prediction(sample_viewer, truth.copy())
-    assert w.prediction_combo.currentText() == "prediction"
-    assert w.reference_combo.currentText() == "ground truth"
+    assert w.prediction.layer is sample_viewer.layers["prediction"]
+    assert w.reference.layer is sample_viewer.layers["ground truth"]
+    ann = sample_viewer.add_labels(np.zeros_like(truth), name="annotations")
+    assert w.reference.layer is ann  # created after docking: picked up, preferred
+    assert w.prediction.layer is sample_viewer.layers["prediction"]
 
 
 def test_held_out_slices_are_the_default_region(sample_viewer, small_phantom, qtbot, wait_job):
@@ -127,12 +145,10 @@ def test_held_out_slices_are_the_default_region(sample_viewer, small_phantom, qt
     layer = sample_viewer.add_labels(ann, name="annotations")
     apply_phases(layer, COMPOSITE_PHASES)
     layer.metadata["tomoseg_validation_slices"] = {"axis": 0, "slices": [9]}
-    w = EvaluateWidget(sample_viewer)
-    qtbot.addWidget(w)
-    assert w.reference_combo.currentText() == "annotations"
-    assert w.held_out_check.isChecked() and "9" in w.held_out_check.text()
-    w.image_combo.set_layer("composite")
-    w.run()
+    w = _widget(sample_viewer, qtbot)
+    assert w.reference.layer is layer
+    assert w.held_out_check.value and "9 along z" in w.held_out_check.text
+    assert w.run()
     assert wait_job(w.runner) is JobState.DONE
     only9 = np.zeros_like(truth)
     only9[9] = truth[9]
@@ -142,8 +158,8 @@ def test_held_out_slices_are_the_default_region(sample_viewer, small_phantom, qt
     assert "held-out slices 9" in w.result.region
     assert "outside the held-out" in w.result.baseline_note
     # Unchecked: all annotated voxels.
-    w.held_out_check.setChecked(False)
-    w.run()
+    w.held_out_check.value = False
+    assert w.run()
     assert wait_job(w.runner) is JobState.DONE
     np.testing.assert_allclose(
         w.result.jaccard, jaccard_from_confusion(confusion_matrix(pred, ann, 3))
@@ -153,11 +169,12 @@ def test_held_out_slices_are_the_default_region(sample_viewer, small_phantom, qt
 def test_copy_and_save_table(sample_viewer, small_phantom, qtbot, wait_job, tmp_path, monkeypatch):
     _, truth = small_phantom
     _add_prediction(sample_viewer, _corrupt(truth))
-    w = EvaluateWidget(sample_viewer)
-    qtbot.addWidget(w)
-    w.run()
+    w = _widget(sample_viewer, qtbot)
+    assert not w.copy_button.enabled
+    assert w.run()
     assert wait_job(w.runner) is JobState.DONE
-    w.copy_table()
+    assert w.copy_button.enabled and w.save_button.enabled
+    w.copy_button.native.click()
     text = QApplication.clipboard().text()
     assert text.splitlines()[0].split("\t")[:2] == ["phase", "Jaccard U-Net"]
     assert text.splitlines()[1].startswith("matrix\t")
@@ -184,18 +201,18 @@ def test_copy_and_save_table(sample_viewer, small_phantom, qtbot, wait_job, tmp_
 
 def test_bad_input_notifies_and_leaves_layers(sample_viewer, small_phantom, qtbot, errors_seen):
     _, truth = small_phantom
-    w = EvaluateWidget(sample_viewer)
-    qtbot.addWidget(w)
+    w = _widget(sample_viewer, qtbot)
     n_layers = len(sample_viewer.layers)
-    # Only one labels layer: prediction and reference are the same layer.
-    w.run()
-    assert errors_seen and "same layer" in errors_seen[-1]
+    assert not w.run()  # no prediction yet
+    assert errors_seen and "no prediction layer" in errors_seen[-1]
+    w.prediction.select("ground truth")  # the user picks the same layer twice
+    assert not w.run()
+    assert "same layer" in errors_seen[-1]
     # A shape mismatch.
     _add_prediction(sample_viewer, truth[:10].copy())
     n_layers += 1
-    w.prediction_combo.set_layer("prediction")
-    w.reference_combo.set_layer("ground truth")
-    w.run()
+    w.prediction.select("prediction")
+    assert not w.run()
     assert "differ in shape" in errors_seen[-1]
     assert w.runner.state is JobState.IDLE and w.result is None
     assert len(sample_viewer.layers) == n_layers and "errors" not in sample_viewer.layers
@@ -208,48 +225,60 @@ def test_ids_outside_the_phase_table_fail_in_the_worker(
     pred = truth.copy()
     pred[0, 0, 0] = 7
     _add_prediction(sample_viewer, pred)
-    w = EvaluateWidget(sample_viewer)
-    qtbot.addWidget(w)
-    w.run()
+    w = _widget(sample_viewer, qtbot)
+    assert w.run()
     assert wait_job(w.runner) is JobState.FAILED
     assert "outside 0..3" in errors_seen[-1]
     assert "errors" not in sample_viewer.layers and w.result is None
+    assert state_for(sample_viewer).last_evaluation is None
     np.testing.assert_array_equal(sample_viewer.layers["prediction"].data, pred)
 
 
-class _FakeFinetune:
-    """Stands in for the Fine-tune widget's state after a run (what evaluate reads)."""
-
-    def __init__(self, layer, axis, slices):
-        from types import SimpleNamespace
-
-        self.annotations = SimpleNamespace(layer=lambda: layer)
-        self.result = SimpleNamespace(plan=SimpleNamespace(axis=axis, validation_slices=slices))
-
-
 def test_held_out_slices_of_the_finetune_run(sample_viewer, small_phantom, qtbot, wait_job):
-    from napari_tomoseg._napari._common import session
-
     _, truth = small_phantom
     pred = _corrupt(truth, seed=2)
     _add_prediction(sample_viewer, pred)
     ann = np.zeros_like(truth)
     ann[:, 10] = truth[:, 10]
     ann[:, 30] = truth[:, 30]
-    layer = sample_viewer.add_labels(ann, name="annotations")
-    w = EvaluateWidget(sample_viewer)
-    qtbot.addWidget(w)
-    w.reference_combo.set_layer("annotations")
-    assert not w.held_out_check.isChecked()
-    ft = _FakeFinetune(layer, axis=1, slices=(30,))
-    s = session(sample_viewer)
-    s.widgets["finetune"] = ft
-    s.add_model("fine-tuned 1", object())  # what the widget does when a run ends
-    assert w.held_out_check.isChecked() and "30 along y" in w.held_out_check.text()
-    w.run()
+    sample_viewer.add_labels(ann, name="annotations")
+    w = _widget(sample_viewer, qtbot)
+    assert w.reference.layer.name == "annotations"
+    assert not w.held_out_check.value and not w.held_out_check.enabled
+    _finetuned(sample_viewer, axis=1, train=(10,), held=(30,))  # a run just ended
+    assert w.held_out_check.value and "30 along y" in w.held_out_check.text
+    # A ground truth (annotated everywhere) is not what was trained on: scored whole.
+    w.reference.select("ground truth")
+    assert not w.held_out_check.value
+    w.reference.select("annotations")
+    assert w.run()
     assert wait_job(w.runner) is JobState.DONE
     only = np.zeros_like(truth)
     only[:, 30] = truth[:, 30]
     np.testing.assert_array_equal(
         w.result.confusion, confusion_matrix(pred, only, 3, mask=pred > 0)
     )
+
+
+def test_held_out_bands_of_the_finetune_run(sample_viewer, small_phantom, qtbot, wait_job):
+    _, truth = small_phantom
+    pred = _corrupt(truth, seed=3)
+    _add_prediction(sample_viewer, pred)
+    ann = np.zeros_like(truth)
+    ann[4] = truth[4]
+    ann[12, :, :40] = truth[12, :, :40]  # a partial slice: its band lies within the annotation
+    sample_viewer.add_labels(ann, name="annotations")
+    w = _widget(sample_viewer, qtbot)
+    _finetuned(sample_viewer, axis=0, train=(4, 12), held=(4, 12), validation="band")
+    assert w.held_out_check.value and "bands of slices 4, 12" in w.held_out_check.text
+    assert w.run()
+    assert wait_job(w.runner) is JobState.DONE
+    held = np.zeros_like(truth)
+    for z in (4, 12):
+        band = band_mask(ann[z])
+        held[z][band] = ann[z][band]
+        assert 0 < band.sum() < ann[z].size  # a band, not the whole slice
+    np.testing.assert_array_equal(
+        w.result.confusion, confusion_matrix(pred, held, 3, mask=pred > 0)
+    )
+    assert "bands" in w.result.region

@@ -1,39 +1,26 @@
 """Artifact clean-up dock widget: find blobs of a phase slice by slice, select, reassign (undoable).
 
-labels layer + phase -> :func:`core.postprocess.iter_find_blobs` in a worker -> scatter plot of area
-vs aspect ratio (log axes) -> selection by thresholds or lasso -> ``blob selection`` layer in the
-viewer -> :func:`core.postprocess.reassign_blobs` -> the layer's voxels edited through napari's
-history (Ctrl+Z undoes it; so does the Undo button).
+labels layer + phase -> core ``iter_find_blobs`` in a worker -> scatter plot of area vs aspect ratio
+(log axes) -> selection by thresholds (core ``BlobTable.select``) or lasso -> ``blob selection`` layer
+(core ``blob_mask``) -> core ``reassign_blobs`` -> the layer's voxels edited through napari's history
+(Ctrl+Z undoes it; so does the Undo button).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from qtpy.QtWidgets import (
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
+from qtpy.QtCore import QTimer
 
-from napari_tomoseg._napari._common import (
-    JobControls,
-    JobRunner,
-    LayerCombo,
-    geometry,
-    layer_phases,
-    notify_error,
-    notify_info,
-    session,
-)
+from napari_tomoseg._napari.jobs import JobControls, JobRunner
+from napari_tomoseg._napari.layers import LayerPicker, geometry, layer_phases
+from napari_tomoseg._napari.notify import notify_error, notify_info
+from napari_tomoseg._napari.state import state_for
 from napari_tomoseg.core.phases import PhaseTable
 
 if TYPE_CHECKING:
@@ -43,129 +30,184 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SELECTION_LAYER", "CleanupWidget"]
+__all__ = ["SELECTION_LAYER", "BlobScatter", "CleanupWidget"]
 
 SELECTION_LAYER = "blob selection"
 _SELECTION_COLOUR = "#ff00ff"
 _SURROUNDING = "(surrounding phase)"
+_SELECTED = (1.0, 0.0, 1.0, 1.0)
+_UNSELECTED = (0.3, 0.45, 0.7, 0.6)
+AXES = ("z", "y", "x")
 
 
-class CleanupWidget(QWidget):
+class BlobScatter(Container):
+    """Blobs as points of (area, aspect ratio) on log axes (a matplotlib canvas); a lasso hands its
+    polygon, in data coordinates, to ``on_lasso``."""
+
+    def __init__(self, on_lasso: Callable[[npt.NDArray[np.float64]], None]) -> None:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        super().__init__(labels=False)
+        self.margins = (0, 0, 0, 0)
+        self.figure = Figure(figsize=(4, 3), layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(220)
+        self.native.layout().addWidget(self.canvas)
+        self.ax = self.figure.add_subplot(111)
+        self.points: Any = None
+        self._on_lasso = on_lasso
+        self._lasso: Any = None
+
+    def plot(self, blobs: BlobTable, title: str) -> None:
+        """One point per blob."""
+        ax = self.ax
+        ax.clear()
+        self.points = None
+        if len(blobs):
+            from matplotlib.ticker import FuncFormatter
+            from matplotlib.widgets import LassoSelector
+
+            self.points = ax.scatter(blobs.area, blobs.aspect_ratio, s=8, picker=False)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
+            ax.xaxis.set_major_formatter(plain)
+            self._lasso = LassoSelector(
+                ax, lambda verts: self._on_lasso(np.asarray(verts, dtype=np.float64))
+            )
+        ax.set_xlabel("area (pixels)")
+        ax.set_ylabel("aspect ratio (major / minor axis)")
+        ax.set_title(title, fontsize="small")
+        self.canvas.draw_idle()
+
+    def inside(self, vertices: npt.NDArray[np.float64], blobs: BlobTable) -> npt.NDArray[np.bool_]:
+        """Which blobs lie inside the polygon ``vertices`` (data coordinates)."""
+        from matplotlib.path import Path as MplPath
+
+        # Compared on screen: on log axes a straight lasso edge is straight on screen, not in data.
+        to_display = self.ax.transData.transform
+        pts = np.column_stack([blobs.area, blobs.aspect_ratio]).astype(np.float64)
+        return np.asarray(MplPath(to_display(vertices)).contains_points(to_display(pts)))
+
+    def highlight(self, selected: npt.NDArray[np.bool_]) -> None:
+        """Colour the selected points."""
+        if self.points is not None:
+            self.points.set_facecolors(np.where(selected[:, None], [_SELECTED], [_UNSELECTED]))
+        self.canvas.draw_idle()
+
+
+class CleanupWidget(Container):
     """Select large, elongated blobs of a phase (ring artifacts, streaks) and give them another phase."""
 
-    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self.viewer = napari_viewer
+        self.state = state_for(napari_viewer)
         self.runner = JobRunner("Finding blobs")
         self.blobs: BlobTable | None = None
         self.selection: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
         self._analysed: tuple[Any, Any] | None = None  # (layer, data) the blobs belong to
         self._last_edit: tuple[Any, tuple[np.ndarray, ...], np.ndarray, np.ndarray] | None = None
 
-        self.layer_combo = LayerCombo(
+        self.labels_layer = LayerPicker(
             napari_viewer,
             "labels",
-            accept=lambda ly: ly.name != SELECTION_LAYER and ly.name != "errors",
+            label="Labels",
+            prefer=("prediction", "annotations"),
+            avoid=("ground truth",),
+            accept=lambda ly: ly.name not in (SELECTION_LAYER, "errors"),
         )
-        self.phase_combo = QComboBox()
-        self.axis_combo = QComboBox()
-        self.axis_combo.addItems(["z", "y", "x"])
-        self.min_area = QDoubleSpinBox()
-        self.min_area.setRange(0, 1e9)
-        self.min_area.setDecimals(0)
-        self.min_area.setValue(50)
-        self.min_area.setSuffix(" px")
-        self.min_aspect = QDoubleSpinBox()
-        self.min_aspect.setRange(1, 1e4)
-        self.min_aspect.setDecimals(1)
-        self.min_aspect.setValue(4)
-        self.to_combo = QComboBox()
+        self.phase = ComboBox(label="Phase", choices=[])
+        self.axis = ComboBox(label="Slices along", choices=list(AXES), value="z")
         self.controls = JobControls(self.runner, "Analyse")
-        self.reassign_button = QPushButton("Reassign selected blobs")
-        self.undo_button = QPushButton("Undo")
-        self.reassign_button.setEnabled(False)
-        self.undo_button.setEnabled(False)
+        self.scatter = BlobScatter(self.select_polygon)
+        self.min_area = SpinBox(label="Min. area (px)", min=0, max=10**9, value=50)
+        self.min_aspect = FloatSpinBox(
+            label="Min. aspect ratio", min=1.0, max=1e4, step=0.5, value=4.0
+        )
+        self.to = ComboBox(label="Reassign to", choices=[_SURROUNDING])
+        self.reassign_button = PushButton(text="Reassign selected blobs", enabled=False)
+        self.undo_button = PushButton(text="Undo", enabled=False)
         self.controls.also_disable(self.reassign_button)
-        self.summary = QLabel("Analyse a labels layer to see its blobs.")
-        self.summary.setWordWrap(True)
+        self.summary = Label(value="Analyse a labels layer to see its blobs.")
+        self.summary.native.setWordWrap(True)
 
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
+        form = Container(widgets=[self.labels_layer, self.phase, self.axis])
+        form.margins = (0, 0, 0, 0)
+        thresholds = Container(widgets=[self.min_area, self.min_aspect, self.to])
+        thresholds.margins = (0, 0, 0, 0)
+        buttons = Container(
+            widgets=[self.reassign_button, self.undo_button], layout="horizontal", labels=False
+        )
+        buttons.margins = (0, 0, 0, 0)
+        super().__init__(
+            widgets=[form, self.controls, self.scatter, thresholds, buttons, self.summary],
+            labels=False,
+        )
 
-        self.figure = Figure(figsize=(4, 3), layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(220)
-        self.ax = self.figure.add_subplot(111)
-        self._scatter: Any = None
-        self._lasso: Any = None
-
-        form = QFormLayout()
-        form.addRow("Labels", self.layer_combo)
-        form.addRow("Phase", self.phase_combo)
-        form.addRow("Slices along", self.axis_combo)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.controls)
-        layout.addWidget(self.canvas)
-        thresholds = QFormLayout()
-        thresholds.addRow("Min. area", self.min_area)
-        thresholds.addRow("Min. aspect ratio", self.min_aspect)
-        thresholds.addRow("Reassign to", self.to_combo)
-        layout.addLayout(thresholds)
-        row = QHBoxLayout()
-        row.addWidget(self.reassign_button)
-        row.addWidget(self.undo_button)
-        layout.addLayout(row)
-        layout.addWidget(self.summary)
-        layout.addStretch(1)
-
-        self.layer_combo.currentTextChanged.connect(self._fill_phases)
-        self.controls.run_button.clicked.connect(self.analyse)
-        self.min_area.valueChanged.connect(self._select_by_thresholds)
-        self.min_aspect.valueChanged.connect(self._select_by_thresholds)
-        self.reassign_button.clicked.connect(self.reassign)
-        self.undo_button.clicked.connect(self.undo)
-        for name in ("prediction", "annotations"):
-            if name in napari_viewer.layers:
-                self.layer_combo.set_layer(name)
-                break
-        self._fill_phases()
-        session(napari_viewer).widgets["cleanup"] = self
+        self._watched: Any = None  # the layer whose phase table the phase lists follow
+        self.labels_layer.changed.connect(self._layer_changed)
+        self.controls.run_button.changed.connect(self._analyse_clicked)
+        self.min_area.changed.connect(self._select_by_thresholds)
+        self.min_aspect.changed.connect(self._select_by_thresholds)
+        self.reassign_button.changed.connect(self._reassign_clicked)
+        self.undo_button.changed.connect(self._undo_clicked)
+        self._layer_changed()
 
     # ----------------------------------------------------------------------------------------
     def phases(self) -> PhaseTable:
-        layer = self.layer_combo.layer()
-        return (layer_phases(layer) if layer is not None else None) or session(self.viewer).phases
+        """The phase table of the chosen layer (or the viewer's)."""
+        layer = self.labels_layer.layer
+        return (layer_phases(layer) if layer is not None else None) or self.state.phases
+
+    def _layer_changed(self, *_: Any) -> None:
+        """Follow the chosen layer's phase table: now, and when it is given one (napari-tomoseg
+        sets a layer's features, then its phase table; the lists are refilled once both are set)."""
+        if self._watched is not None:
+            self._watched.events.features.disconnect(self._phases_later)
+        self._watched = self.labels_layer.layer
+        if self._watched is not None:
+            self._watched.events.features.connect(self._phases_later)
+        self._fill_phases()
+        self._phases_later()
+
+    def _phases_later(self, *_: Any) -> None:
+        QTimer.singleShot(0, self._fill_phases)
 
     def _fill_phases(self, *_: Any) -> None:
+        try:
+            self.native.isVisible()
+        except RuntimeError:  # the dock was closed
+            return
         phases = self.phases()
-        current, current_to = self.phase_combo.currentText(), self.to_combo.currentText()
-        self.phase_combo.clear()
-        self.phase_combo.addItems(list(phases.names))
-        self.to_combo.clear()
-        self.to_combo.addItems([_SURROUNDING, *phases.names])
+        current, current_to = self.phase.value, self.to.value
+        self.phase.choices = list(phases.names)
+        self.to.choices = [_SURROUNDING, *phases.names]
         pore = next((n for n in phases.names if n.lower() in ("pore", "pores", "porosity")), None)
-        self.phase_combo.setCurrentText(
-            current if current in phases.names else (pore or phases.names[-1])
-        )
+        self.phase.value = current if current in phases.names else (pore or phases.names[-1])
         if current_to in (_SURROUNDING, *phases.names):
-            self.to_combo.setCurrentText(current_to)
+            self.to.value = current_to
 
-    def analyse(self) -> None:
+    def _analyse_clicked(self) -> None:
+        self.analyse()
+
+    def analyse(self) -> bool:
         """Find the blobs of the chosen phase in a worker."""
-        layer = self.layer_combo.layer()
+        layer = self.labels_layer.layer
         if layer is None:
             notify_error("no labels layer: segment the volume or open labels first")
-            return
+            return False
         data = layer.data
         if data.ndim != 3:
             notify_error(
                 f"layer {layer.name!r} has shape {tuple(data.shape)}; a 3D label volume is needed"
             )
-            return
-        phase = self.phases().id_of(self.phase_combo.currentText())
-        axis = self.axis_combo.currentIndex()
-        self.controls.status.setText("Finding blobs…")
+            return False
+        phase = self.phases().id_of(self.phase.value)
+        axis = AXES.index(self.axis.value)
+        self.controls.status.value = "Finding blobs…"
 
         def make(token: Any) -> Any:
             from napari_tomoseg.core.measure.blobs import iter_find_blobs
@@ -175,36 +217,18 @@ class CleanupWidget(QWidget):
         self.runner.start(
             make,
             on_return=lambda table: self._show(layer, data, table),
-            on_error=lambda err: self.controls.status.setText(f"Analysis failed: {err}"),
-            on_stopped=lambda: self.controls.status.setText("Analysis stopped."),
+            on_error=lambda err: setattr(self.controls.status, "value", f"Analysis failed: {err}"),
+            on_stopped=lambda: setattr(self.controls.status, "value", "Analysis stopped."),
             total=int(data.shape[axis]),
             describe=lambda e: (e.done, f"{e.done}/{e.total} slices"),
         )
+        return True
 
     def _show(self, layer: Any, data: Any, table: BlobTable) -> None:
         self.blobs = table
         self._analysed = (layer, data)
-        self.ax.clear()
-        self._scatter = None
-        if len(table):
-            self._scatter = self.ax.scatter(table.area, table.aspect_ratio, s=8, picker=False)
-            self.ax.set_xscale("log")
-            self.ax.set_yscale("log")
-            from matplotlib.ticker import FuncFormatter
-
-            plain = FuncFormatter(lambda v, _pos: f"{v:g}")
-            self.ax.yaxis.set_major_formatter(plain)
-            self.ax.yaxis.set_minor_formatter(plain)
-            self.ax.xaxis.set_major_formatter(plain)
-            from matplotlib.widgets import LassoSelector
-
-            self._lasso = LassoSelector(self.ax, self._on_lasso)
-        self.ax.set_xlabel("area (pixels)")
-        self.ax.set_ylabel("aspect ratio (major / minor axis)")
-        self.ax.set_title(
-            f"{len(table)} blobs of {self.phase_combo.currentText()}", fontsize="small"
-        )
-        self.controls.status.setText(f"{len(table)} blobs found.")
+        self.scatter.plot(table, f"{len(table)} blobs of {self.phase.value}")
+        self.controls.status.value = f"{len(table)} blobs found."
         self._select_by_thresholds()
 
     # selection -------------------------------------------------------------------------------
@@ -212,37 +236,23 @@ class CleanupWidget(QWidget):
         if self.blobs is None:
             return
         self.set_selection(
-            self.blobs.select(min_area=self.min_area.value(), min_aspect=self.min_aspect.value())
+            self.blobs.select(min_area=self.min_area.value, min_aspect=self.min_aspect.value)
         )
-
-    def _on_lasso(self, vertices: Any) -> None:
-        self.select_polygon(np.asarray(vertices, dtype=np.float64))
 
     def select_polygon(self, vertices: npt.NDArray[np.float64]) -> None:
         """Select the blobs inside a polygon drawn on the plot (data coordinates: area, aspect)."""
         if self.blobs is None or len(vertices) < 3:
             return
-        from matplotlib.path import Path as MplPath
-
-        # Compare in display coordinates: on log axes a straight lasso edge is straight on screen.
-        to_display = self.ax.transData.transform
-        pts = np.column_stack([self.blobs.area, self.blobs.aspect_ratio]).astype(np.float64)
-        inside = MplPath(to_display(vertices)).contains_points(to_display(pts))
-        self.set_selection(inside)
+        self.set_selection(self.scatter.inside(vertices, self.blobs))
 
     def set_selection(self, selection: npt.NDArray[np.bool_]) -> None:
         """Select these blobs (one bool per blob): plot colours, the highlight layer, the summary."""
         assert self.blobs is not None
         self.selection = np.asarray(selection, dtype=bool)
-        if self._scatter is not None:
-            colours = np.where(
-                self.selection[:, None], [[1.0, 0.0, 1.0, 1.0]], [[0.3, 0.45, 0.7, 0.6]]
-            )
-            self._scatter.set_facecolors(colours)
-        self.canvas.draw_idle()
+        self.scatter.highlight(self.selection)
         n, vox = int(self.selection.sum()), int(self.blobs.area[self.selection].sum())
-        self.summary.setText(f"{n} of {len(self.blobs)} blobs selected ({vox:,} voxels).")
-        self.reassign_button.setEnabled(n > 0 and not self.runner.running)
+        self.summary.value = f"{n} of {len(self.blobs)} blobs selected ({vox:,} voxels)."
+        self.reassign_button.enabled = n > 0 and not self.runner.running
         self._highlight()
 
     def _highlight(self) -> None:
@@ -258,30 +268,27 @@ class CleanupWidget(QWidget):
         except ValueError as err:  # the labels were edited since: ask for a new analysis
             self._stale(str(err))
             return
-        cmap = DirectLabelColormap(
-            color_dict={None: "transparent", 0: "transparent", 1: _SELECTION_COLOUR}
-        )
         if SELECTION_LAYER in self.viewer.layers:
             sel = self.viewer.layers[SELECTION_LAYER]
             sel.data = mask
         else:
-            sel = self.viewer.add_labels(
-                mask,
-                name=SELECTION_LAYER,
-                **geometry(layer),
-                opacity=0.9,
-            )
-        sel.colormap = cmap
+            sel = self.viewer.add_labels(mask, name=SELECTION_LAYER, **geometry(layer), opacity=0.9)
+        sel.colormap = DirectLabelColormap(
+            color_dict={None: "transparent", 0: "transparent", 1: _SELECTION_COLOUR}
+        )
 
     def _stale(self, message: str) -> None:
         self.blobs = None
         self._analysed = None
         self.selection = np.zeros(0, dtype=bool)
-        self.reassign_button.setEnabled(False)
-        self.summary.setText("The labels changed since the analysis: analyse again.")
+        self.reassign_button.enabled = False
+        self.summary.value = "The labels changed since the analysis: analyse again."
         notify_error(message)
 
     # editing ---------------------------------------------------------------------------------
+    def _reassign_clicked(self) -> None:
+        self.reassign()
+
     def reassign(self) -> None:
         """Give the selected blobs the chosen phase, as one undoable edit of the layer."""
         if self.blobs is None or self._analysed is None or not self.selection.any():
@@ -293,8 +300,7 @@ class CleanupWidget(QWidget):
             return
         from napari_tomoseg.core.measure.blobs import reassign_blobs
 
-        target = self.to_combo.currentText()
-        to = None if target == _SURROUNDING else self.phases().id_of(target)
+        to = None if self.to.value == _SURROUNDING else self.phases().id_of(self.to.value)
         try:
             new = reassign_blobs(data, self.blobs, self.selection, to)
         except ValueError as err:
@@ -308,9 +314,12 @@ class CleanupWidget(QWidget):
         new_values = new[idx]
         layer.data_setitem(idx, new_values)  # recorded in napari's history: Ctrl+Z undoes it
         self._last_edit = (layer, idx, old_values, new_values)
-        self.undo_button.setEnabled(True)
+        self.undo_button.enabled = True
         notify_info(f"{idx[0].size:,} voxels of {layer.name!r} reassigned")
         self.analyse()  # the blob table is stale now
+
+    def _undo_clicked(self) -> None:
+        self.undo()
 
     def undo(self) -> None:
         """Put back the voxels the last reassignment changed (if nobody edited them since)."""
@@ -320,7 +329,7 @@ class CleanupWidget(QWidget):
         if layer not in self.viewer.layers:
             notify_error("the edited layer is gone; nothing to undo")
             self._last_edit = None
-            self.undo_button.setEnabled(False)
+            self.undo_button.enabled = False
             return
         if not np.array_equal(np.asarray(layer.data)[idx], new_values):
             notify_error(
@@ -329,7 +338,7 @@ class CleanupWidget(QWidget):
             return
         layer.data_setitem(idx, old_values)
         self._last_edit = None
-        self.undo_button.setEnabled(False)
+        self.undo_button.enabled = False
         notify_info(f"reassignment undone ({idx[0].size:,} voxels)")
         if not self.runner.running:
             self.analyse()

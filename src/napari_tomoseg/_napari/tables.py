@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from magicgui.widgets import Table
 from psygnal import Signal
 from qtpy.QtCore import Qt
@@ -90,7 +91,8 @@ class PhaseTableView(Table):
 
 
 class ResultTable(Table):
-    """A read-only table of results; numbers formatted by their column (%, µm³, 4 decimals)."""
+    """A read-only table of results: counts as integers, other numbers formatted by their column
+    (%, µm³, 4 decimals)."""
 
     def __init__(self, *, tooltip: str | None = None, row_headers: bool = False) -> None:
         super().__init__(value={"data": [], "index": [], "columns": []}, tooltip=tooltip)
@@ -106,10 +108,17 @@ class ResultTable(Table):
         index: Sequence[str] | None = None,
     ) -> None:
         """Show ``rows`` under ``header`` (``index``: row headers)."""
-        data = [[format_cell(v, header[c]) for c, v in enumerate(row)] for row in rows]
+        data = [[_cell(v, header[c]) for c, v in enumerate(row)] for row in rows]
         # All three keys: without "index", magicgui reads the dict as columns named "data", ...
         self.value = {
             "data": data,
             "index": list(index) if index is not None else list(range(len(data))),
             "columns": list(header),
         }
+
+
+def _cell(value: Any, column: str) -> str:
+    """Counts as integers with thousands separators, other numbers as the report formats them."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return f"{int(value):,}"
+    return format_cell(value, column)
