@@ -4,8 +4,9 @@
 - ``sample_viewer``: a real napari viewer with that phantom as layers ``composite`` (image, voxel
   size 1.3 µm as scale) and ``ground truth`` (labels with the phase names/colours).
 - ``wait_job(runner, timeout=...)``: block (with the Qt event loop running) until a widget's
-  :class:`~napari_tomoseg._napari._common.JobRunner` has finished its job; returns its final
-  :class:`~napari_tomoseg._napari._common.JobState`.
+  :class:`~napari_tomoseg._napari.jobs.JobRunner` has finished its job; returns its final
+  :class:`~napari_tomoseg._napari.jobs.JobState`.
+- ``errors`` / ``warnings``: the texts of the error / warning notifications shown during a test.
 - every test gets a private settings folder (``NAPARI_TOMOSEG_CONFIG_DIR``) and torch runs on one
   thread, so the GUI tests stay fast and never touch the user's real settings.
 """
@@ -49,7 +50,7 @@ def _private_settings(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def sample_viewer(make_napari_viewer, small_phantom):
     """A napari viewer holding the small phantom: ``composite`` image and ``ground truth`` labels."""
-    from napari_tomoseg._napari._common import apply_phases
+    from napari_tomoseg._napari.layers import apply_phases
     from napari_tomoseg.core.phases import COMPOSITE_PHASES
 
     viewer = make_napari_viewer()
@@ -66,7 +67,7 @@ def wait_job(qtbot):
     """``wait_job(runner, timeout=60_000)``: wait for the runner's worker to finish."""
 
     def wait(runner, timeout: int = 60_000):
-        from napari_tomoseg._napari._common import JobState
+        from napari_tomoseg._napari.jobs import JobState
 
         assert runner.worker is not None, "no job was started"
         # Not qtbot.waitSignal(worker.finished): a fast worker may have emitted it already (queued
@@ -78,6 +79,26 @@ def wait_job(qtbot):
         return runner.state
 
     return wait
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """The error notifications shown during the test (their text), instead of napari's pop-ups."""
+    from napari_tomoseg._napari import notify
+
+    shown: list[str] = []
+    monkeypatch.setattr(notify, "show_error", shown.append)
+    return shown
+
+
+@pytest.fixture
+def warnings(monkeypatch):
+    """The warning notifications shown during the test (their text)."""
+    from napari_tomoseg._napari import notify
+
+    shown: list[str] = []
+    monkeypatch.setattr(notify, "show_warning", shown.append)
+    return shown
 
 
 def labels_equal(a, b) -> bool:

@@ -5,18 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import napari_tomoseg._napari._common as common
-from napari_tomoseg._napari._common import JobState, apply_phases
 from napari_tomoseg._napari.finetune import FinetuneWidget, parse_slices
+from napari_tomoseg._napari.jobs import JobState
+from napari_tomoseg._napari.layers import apply_phases
 from napari_tomoseg._napari.segment import PREDICTION, SegmentWidget
+from napari_tomoseg._napari.state import state_for
 from napari_tomoseg.core.phases import COMPOSITE_PHASES, PhaseTable
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    shown = []
-    monkeypatch.setattr(common, "show_error", shown.append)
-    return shown
 
 
 @pytest.fixture
@@ -33,9 +27,9 @@ def annotated_viewer(sample_viewer, small_phantom):
 @pytest.fixture
 def widget(annotated_viewer, qtbot):
     w = FinetuneWidget(annotated_viewer)
-    qtbot.addWidget(w)
-    w.budget_kind.setCurrentText("steps")
-    w.budget.setValue(6)
+    qtbot.addWidget(w.native)
+    w.budget_kind.value = "steps"
+    w.budget.value = 6
     return w
 
 
@@ -47,7 +41,7 @@ def _wait_training(qtbot, widget, wait_job):
             or widget.runner.state is JobState.FAILED
             or (
                 widget.runner.state is not JobState.RUNNING
-                and "Not started" in widget.controls.status.text()
+                and "Not started" in widget.controls.status.value
             )
         ),
         timeout=120_000,
@@ -63,24 +57,35 @@ def test_parse_slices():
 
 def test_finetune_plot_segment_again_and_save(annotated_viewer, widget, qtbot, wait_job, tmp_path):
     seg = SegmentWidget(annotated_viewer)
-    qtbot.addWidget(seg)
-    widget.validation.setCurrentText("these slices:")
-    widget.held_out.setText("12")
-    widget.validate_every.setValue(3)
+    qtbot.addWidget(seg.native)
+    state = state_for(annotated_viewer)
+    finetuned = []
+    state.finetuned.connect(finetuned.append)
+    assert widget.annotations.layer is annotated_viewer.layers["annotations"]
+    widget.validation.value = "slices"
+    assert not widget.held_out.native.isHidden()  # the slices field shows with that choice
+    widget.held_out.value = "12"
+    widget.validate_every.value = 3
     assert widget.run()
-    assert not widget.controls.run_button.isEnabled()
+    assert not widget.controls.run_button.enabled
     assert _wait_training(qtbot, widget, wait_job) is JobState.DONE
     res = widget.result
     assert res.steps == 6 and res.plan.validation_slices == (12,)
     assert set(res.validation) == {"matrix", "fibre", "pore"}
     assert widget.plot.steps == list(range(1, 7))  # the live plot got every event
     assert widget.plot.val_steps == [3, 6] and len(widget.plot.val[0]) == 3
-    assert "held-out Jaccard" in widget.summary.text()
-    assert "fine-tuned 1" in widget.session.models
-    # one click: segment again with the fine-tuned model
-    assert widget.segment_again.isEnabled()
-    assert widget.run_segment_again()
-    assert seg.model.currentData() == "memory:fine-tuned 1"
+    assert "held-out Jaccard" in widget.summary.value
+    # the model is in the viewer's state (every model chooser lists it), the result too (Evaluate
+    # reads the held-out voxels from it)
+    assert state.models["fine-tuned 1"] is res.model
+    assert state.last_finetune is res and finetuned == [res]
+    assert ("In memory: fine-tuned 1", "memory:fine-tuned 1") in [
+        (seg.model.combo.native.itemText(i), c) for i, c in enumerate(seg.model.combo.choices)
+    ]
+    # one click: segment again with the fine-tuned model (the Segment widget listens to the state)
+    assert widget.segment_again.enabled
+    widget.segment_again.native.click()
+    assert seg.model.value == "memory:fine-tuned 1"
     assert wait_job(seg.runner) is JobState.DONE
     pred = annotated_viewer.layers[PREDICTION]
     assert pred.metadata["tomoseg_model"] == "in memory"
@@ -100,19 +105,19 @@ def test_finetune_plot_segment_again_and_save(annotated_viewer, widget, qtbot, w
 
 
 def test_stop_keeps_the_best_weights(widget, qtbot, wait_job):
-    widget.budget.setValue(100_000)
+    widget.budget.value = 100_000
     assert widget.run()
     qtbot.waitUntil(lambda: len(widget.plot.steps) >= 2, timeout=120_000)
-    widget.controls.stop_button.click()
+    widget.controls.stop_button.native.click()
     assert wait_job(widget.runner) is JobState.STOPPED
     assert widget.result is not None and widget.result.stopped != "steps"
     assert widget.result.steps < 100_000
-    assert widget.segment_again.isEnabled()
+    assert widget.segment_again.enabled and widget.save.enabled
 
 
-def test_no_annotations_and_one_phase(annotated_viewer, widget, wait_job, errors, monkeypatch):
-    warnings = []
-    monkeypatch.setattr(common, "show_warning", warnings.append)
+def test_no_annotations_and_one_phase(
+    annotated_viewer, widget, qtbot, wait_job, errors, warnings, monkeypatch
+):
     layer = annotated_viewer.layers["annotations"]
     layer.data = np.zeros_like(layer.data)
     assert widget.run()
@@ -121,9 +126,14 @@ def test_no_annotations_and_one_phase(annotated_viewer, widget, wait_job, errors
     data = np.zeros_like(layer.data)
     data[3, :5, :5] = 1
     layer.data = data
-    monkeypatch.setattr(widget, "_train", lambda *a: None)  # the warning is what we check
+    # the warning is what we check (on the class: a magicgui container's attributes are widgets)
+    trained = []
+    monkeypatch.setattr(FinetuneWidget, "_train", lambda *a: trained.append(a))
     assert widget.run()
     wait_job(widget.runner)
+    # the training is started (here: not) once the planning job is over; wait for it, so that it
+    # cannot start for real after the test
+    qtbot.waitUntil(lambda: bool(trained), timeout=10_000)
     assert any("only phase 'matrix'" in w for w in warnings)
 
 
@@ -133,31 +143,33 @@ def test_different_phases_ask_before_adapting(
     layer = annotated_viewer.layers["annotations"]
     apply_phases(layer, PhaseTable.from_names(["matrix", "fibre", "pore", "crack"]))
     asked = []
-    monkeypatch.setattr(widget, "confirm_adapt", lambda notes: asked.append(notes) or False)
+    monkeypatch.setattr(
+        FinetuneWidget, "confirm_adapt", lambda self, notes: asked.append(notes) or False
+    )
     assert widget.run()
     wait_job(widget.runner)
     qtbot.wait(50)
     assert asked and "new output layer" in " ".join(asked[0])
-    assert widget.result is None and "Not started" in widget.controls.status.text()
+    assert widget.result is None and "Not started" in widget.controls.status.value
 
 
 def test_bad_input(make_napari_viewer, qtbot, errors, small_phantom):
     viewer = make_napari_viewer()
     w = FinetuneWidget(viewer)
-    qtbot.addWidget(w)
+    qtbot.addWidget(w.native)
     assert not w.run()
     assert "no image layer" in errors[-1]
     viewer.add_image(small_phantom[0], name="ct")
     assert not w.run()
     assert "no annotations layer" in errors[-1]
     viewer.add_labels(np.zeros((2, 2, 2), np.uint8), name="annotations")
-    w.annotations.set_layer("annotations")
+    assert w.annotations.layer is viewer.layers["annotations"]
     assert not w.run()
     assert "shape (2, 2, 2)" in errors[-1]
 
 
 def test_closing_napari_stops_the_job(annotated_viewer, widget, qtbot, wait_job):
-    widget.budget.setValue(100_000)
+    widget.budget.value = 100_000
     assert widget.run()
     qtbot.waitUntil(lambda: len(widget.plot.steps) >= 1, timeout=120_000)
     token = widget.runner.token
@@ -180,3 +192,49 @@ def test_ids_outside_the_phase_table(annotated_viewer, widget, wait_job, errors)
     assert wait_job(widget.runner) is JobState.FAILED
     assert "[5]" in errors[-1] and "phase table lacks" in errors[-1]
     np.testing.assert_array_equal(layer.data, data)  # the user's annotations are untouched
+
+
+def test_docked_before_the_annotations_exist_trains_on_them(
+    sample_viewer, small_phantom, qtbot, wait_job
+):
+    """As a new user would: open the sample, dock Fine-tune, then create the annotations layer."""
+    viewer = sample_viewer
+    assert {ly.name for ly in viewer.layers} == {"composite", "ground truth"}
+    _, widget = viewer.window.add_plugin_dock_widget("napari-tomoseg", "Fine-tune")
+    assert isinstance(widget, FinetuneWidget)
+    # the sample's ground truth is never picked on its own: no layer to train on yet
+    assert widget.annotations.layer is None
+    assert "ground truth" in [ly.name for ly in widget.annotations.layers()]  # still choosable
+
+    _, truth = small_phantom
+    ann = np.zeros_like(truth)
+    for z in (6, 17):
+        ann[z] = truth[z]
+    layer = viewer.add_labels(ann, name="annotations", scale=(1.3,) * 3)
+    apply_phases(layer, COMPOSITE_PHASES)
+    assert widget.annotations.layer is layer  # the picker follows the viewer
+
+    widget.budget_kind.value = "steps"
+    widget.budget.value = 2
+    widget.validation.value = "none"
+    assert widget.run()
+    assert _wait_training(qtbot, widget, wait_job) is JobState.DONE
+    plan = widget.result.plan
+    # it trained on the two annotated slices of `annotations`, not on the 24 of `ground truth`
+    assert plan.train_slices == (6, 17) and plan.axis == 0
+    expected = np.bincount(ann.ravel(), minlength=4)[1:]
+    assert tuple(plan.counts) == tuple(int(c) for c in expected)
+
+
+def test_a_prediction_is_never_picked_as_annotations(make_napari_viewer, qtbot, small_phantom):
+    viewer = make_napari_viewer()
+    volume, truth = small_phantom
+    viewer.add_image(volume, name="scan")
+    viewer.add_labels(truth, name=PREDICTION)
+    w = FinetuneWidget(viewer)
+    qtbot.addWidget(w.native)
+    assert w.annotations.layer is None
+    viewer.add_labels(np.zeros_like(truth), name="my labels")  # any other labels layer will do
+    assert w.annotations.layer is viewer.layers["my labels"]
+    viewer.add_labels(np.zeros_like(truth), name="annotations")  # the preferred one wins
+    assert w.annotations.layer is viewer.layers["annotations"]

@@ -5,23 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import napari_tomoseg._napari._common as common
-from napari_tomoseg._napari._common import JobState
+from napari_tomoseg._napari.jobs import JobState
+from napari_tomoseg._napari.models import ModelChooser
 from napari_tomoseg._napari.segment import PREDICTION, UNCERTAINTY, SegmentWidget
+from napari_tomoseg._napari.state import state_for
 from napari_tomoseg.core.measure.uncertainty import slice_scores
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    shown = []
-    monkeypatch.setattr(common, "show_error", shown.append)
-    return shown
 
 
 @pytest.fixture
 def widget(sample_viewer, qtbot):
     w = SegmentWidget(sample_viewer)
-    qtbot.addWidget(w)
+    qtbot.addWidget(w.native)
     return w
 
 
@@ -41,16 +35,14 @@ def test_segment_fills_prediction_like_the_core(sample_viewer, widget, wait_job,
     annotations.data[3, 10:20, 10:20] = 2
     before = annotations.data.copy()
     slabs = []
-    # the bundled model's defaults; the modes a one-slice 2D network cannot run are disabled
-    assert widget.tile.value() == 512 and widget.mode.currentText().startswith("2D along")
-    enabled = {
-        widget.mode.itemText(i): widget.mode.model().item(i).isEnabled()
-        for i in range(widget.mode.count())
-    }
-    assert [t for t, on in enabled.items() if not on] == ["2.5D (neighbouring slices)", "3D"]
+    # the bundled model's defaults; only the modes a one-slice 2D network can run are offered
+    assert widget.tile.value == 512 and widget.mode.value == "2d"
+    assert widget.mode.current_choice == "2D along an axis"
+    assert widget.mode.choices == ("2d", "2d-3axes")
+    assert widget.mask.layer is None  # neither ground truth nor annotations is taken for a mask
     assert widget.run()
     widget.runner.worker.yielded.connect(lambda ev: slabs.append(ev.region))
-    assert not widget.controls.run_button.isEnabled() and not widget.preview.isEnabled()
+    assert not widget.controls.run_button.enabled and not widget.preview.enabled
     assert wait_job(widget.runner) is JobState.DONE
     pred = viewer.layers[PREDICTION]
     expected = _core_labels(volume, tile=512, overlap=32, device="cpu")
@@ -63,13 +55,14 @@ def test_segment_fills_prediction_like_the_core(sample_viewer, widget, wait_job,
     np.testing.assert_array_equal(annotations.data, before)  # annotations never touched
     unc = viewer.layers[UNCERTAINTY].data
     assert unc.shape == volume.shape and 0 <= unc.min() and unc.max() <= 1 and unc.max() > 0
-    assert widget.session.uncertainty is unc
+    state = state_for(viewer)
+    assert state.uncertainty is unc and state.uncertainty_image == "composite"
     # the per-slice scores gathered while segmenting are those of the map shown
     np.testing.assert_allclose(
-        widget.session.slice_scores.scores(0), slice_scores(unc, axis=0), rtol=1e-3, atol=1e-4
+        state.slice_scores.scores(0), slice_scores(unc, axis=0), rtol=1e-3, atol=1e-4
     )
-    assert "Segmented 24×64×64" in widget.controls.status.text()
-    assert widget.controls.run_button.isEnabled()
+    assert "Segmented 24×64×64" in widget.controls.status.value
+    assert widget.controls.run_button.enabled
 
     # re-running replaces the prediction in the same layer
     first = pred
@@ -82,7 +75,7 @@ def test_segment_fills_prediction_like_the_core(sample_viewer, widget, wait_job,
 def test_stop_keeps_the_previous_prediction(sample_viewer, widget, wait_job):
     old = sample_viewer.add_labels(np.full((24, 64, 64), 3, np.uint8), name=PREDICTION)
     assert widget.run()
-    widget.controls.stop_button.click()
+    widget.controls.stop_button.native.click()
     assert wait_job(widget.runner) is JobState.STOPPED
     assert sample_viewer.layers[PREDICTION] is old
     assert (old.data == 3).all()
@@ -94,27 +87,29 @@ def test_failure_notifies_and_restores(sample_viewer, widget, wait_job, errors, 
     def broken():
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(widget.model, "loader", lambda: broken)
+    # on the class: deleting an attribute of a magicgui container removes a child widget
+    monkeypatch.setattr(ModelChooser, "loader", lambda self: broken)
     assert widget.run()
     assert wait_job(widget.runner) is JobState.FAILED
     assert errors == ["Segmenting failed: RuntimeError: CUDA out of memory"]
     assert (sample_viewer.layers[PREDICTION].data == 3).all()
-    assert widget.controls.run_button.isEnabled()
+    assert widget.controls.run_button.enabled
 
 
 def test_bad_input_is_refused_with_a_message(make_napari_viewer, qtbot, errors, small_phantom):
     viewer = make_napari_viewer()
     w = SegmentWidget(viewer)
-    qtbot.addWidget(w)
+    qtbot.addWidget(w.native)
     assert not w.run()
     assert "no image layer" in errors[-1]
     viewer.add_image(small_phantom[0], name="ct")
     viewer.add_labels(np.ones((5, 5, 5), np.uint8), name="small mask")
-    w.mask.set_layer("small mask")
+    assert w.mask.layer is None  # a mask only when chosen
+    w.mask.select("small mask")
     assert not w.run()
     assert "mask 'small mask' has shape (5, 5, 5)" in errors[-1]
-    w.mask.set_layer("(none)")
-    w.tile.setValue(100)
+    w.mask.select(None)
+    w.tile.value = 100
     assert not w.run()
     assert "multiple of 8" in errors[-1]
     assert PREDICTION not in viewer.layers
@@ -129,12 +124,12 @@ def test_preview_segments_the_current_slice(sample_viewer, widget, wait_job, sma
     np.testing.assert_array_equal(pred[7], expected[7])
     assert not pred[:7].any() and not pred[8:].any()
     assert (
-        "slice z=7" in widget.estimate.text()
-        and "whole volume will take about" in widget.estimate.text()
+        "slice z=7" in widget.estimate.value
+        and "whole volume will take about" in widget.estimate.value
     )
     # "Remove ring artifacts" follows the model (on for the bundled one); off, the raw slice is used
-    assert widget.ring_removal.isChecked() and widget.settings()["ring_removal"]
-    widget.ring_removal.setChecked(False)
+    assert widget.ring_removal.value and widget.settings()["ring_removal"]
+    widget.ring_removal.value = False
     assert widget.run_preview()
     assert wait_job(widget.runner) is JobState.DONE
     raw = _core_labels(small_phantom[0], tile=512, overlap=32, device="cpu", ring_removal=False)
@@ -150,10 +145,10 @@ def test_field_of_view_mask(make_napari_viewer, qtbot, wait_job, small_phantom):
     volume[:, outside] = 0
     viewer.add_image(volume, name="ct")
     w = SegmentWidget(viewer)
-    qtbot.addWidget(w)
+    qtbot.addWidget(w.native)
     assert w.run_detect_fov()
     assert wait_job(w.runner) is JobState.DONE
-    assert w.mask.currentText() == "field of view"
+    assert w.mask.layer is viewer.layers["field of view"]
     fov = viewer.layers["field of view"].data
     assert not fov[:, outside].any() and fov[:, 32, 32].all()
     assert w.run()

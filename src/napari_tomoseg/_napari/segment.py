@@ -1,7 +1,8 @@
 """The Segment dock widget: image + model + mode -> a ``prediction`` labels layer that grows slab by slab.
 
-form -> InferenceConfig -> JobRunner (worker: load model, Predictor, core iter_segment) -> each finished
-slab copied into the ``prediction`` layer (Qt thread) -> phase names/colours, an ``uncertainty`` layer.
+form -> InferenceConfig -> JobRunner (worker: load the model, ``Segmenter(model, config).plan(volume)``,
+``plan.run(out)``) -> each finished region copied into the ``prediction`` layer (Qt thread) -> phase
+names/colours, an ``uncertainty`` layer. A volume too big for memory goes into zarr stores next to it.
 "Preview" segments the slice on screen and extrapolates the time for the whole volume.
 
 A failed or stopped run puts the previous prediction back; annotations are never touched.
@@ -12,203 +13,194 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.qt.threading import create_worker
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
 )
+from napari.layers import Layer
+from napari.qt.threading import create_worker
 
-from napari_tomoseg._napari._common import (
-    JobControls,
-    JobRunner,
-    JobState,
-    LayerCombo,
+from napari_tomoseg._napari.devices import DEVICES, detect_devices
+from napari_tomoseg._napari.files import companion_path
+from napari_tomoseg._napari.jobs import JobControls, JobRunner, JobState
+from napari_tomoseg._napari.layers import (
+    LayerPicker,
     apply_phases,
     check_image_layer,
-    companion_path,
     current_slice,
     geometry,
-    notify_error,
-    notify_info,
-    session,
+    is_image,
     upsert_labels,
     voxel_size,
 )
-from napari_tomoseg._napari._models import ModelChooser, ModelInfo
+from napari_tomoseg._napari.models import ModelChooser, ModelInfo
+from napari_tomoseg._napari.notify import notify_error, notify_info, notify_warning
+from napari_tomoseg._napari.state import state_for
+from napari_tomoseg.core.model.modes import AXIS_NAMES, MODES, runnable_modes
 
 if TYPE_CHECKING:
     import napari
 
 log = logging.getLogger(__name__)
 
-MODES = {
-    "2D along an axis": "2d",
-    "Slices on three axes (averaged)": "2d-3axes",
-    "2.5D (neighbouring slices)": "2.5d",
-    "3D": "3d",
-}
+__all__ = [
+    "DEFAULT_MEMORY_GB",
+    "FIELD_OF_VIEW",
+    "MODE_LABELS",
+    "PREDICTION",
+    "PREDICTION_STORE_SUFFIX",
+    "UNCERTAINTY",
+    "UNCERTAINTY_STORE_SUFFIX",
+    "SegmentWidget",
+]
 
-AXES = ("z", "y", "x")
-DEVICES = ("auto", "cpu", "cuda", "mps")
+#: What the form calls each mode of ``core.model.modes.MODES``.
+MODE_LABELS = {
+    "2d": "2D along an axis",
+    "2d-3axes": "Slices on three axes (averaged)",
+    "2.5d": "2.5D (neighbouring slices)",
+    "3d": "3D",
+}
+assert set(MODE_LABELS) == set(MODES)
+
 PREDICTION = "prediction"
 UNCERTAINTY = "uncertainty"
+FIELD_OF_VIEW = "field of view"
 #: The Segment widget's default memory budget: enough for fast slabs of 2048^2 slices.
 DEFAULT_MEMORY_GB = 3.0
-#: Stores of a volume too big for memory, next to the volume's file (see core.labelstore).
+#: Stores of a volume too big for memory, next to the volume's file (see core.io.labelstore).
 PREDICTION_STORE_SUFFIX = ".tomoseg-prediction.zarr"
 UNCERTAINTY_STORE_SUFFIX = ".tomoseg-uncertainty.zarr"
 
 
-def fitting_modes(ndim: int, in_channels: int) -> set[str]:
-    """The modes a network with ``ndim`` spatial dimensions and ``in_channels`` inputs can run
-    (the rule ``core.inference.resolve`` enforces)."""
-    if ndim == 3:
-        return {"3d"}
-    return {"2d-3axes", "2.5d" if in_channels > 1 else "2d"}
-
-
 def _is_volume(layer: Any) -> bool:
-    return layer.ndim == 3 and not getattr(layer, "rgb", False)
+    return is_image(layer) and layer.ndim == 3 and not getattr(layer, "rgb", False)
 
 
-def detect_devices() -> str:
-    """A short description of the compute devices torch can use (imports torch: call in a worker)."""
-    import torch
+class MaskPicker(LayerPicker):
+    """An optional labels picker that picks only the ``field of view`` layer on its own: any other
+    labels layer (annotations, ground truth) is a mask only when the user chooses it."""
 
-    found = []
-    if torch.cuda.is_available():
-        found += [
-            f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())
-        ]
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        found.append("mps (Apple GPU)")
-    found.append(f"cpu ({torch.get_num_threads()} threads)")
-    return ", ".join(found)
+    def __init__(self, viewer: napari.viewer.Viewer, **kwargs: Any) -> None:
+        super().__init__(viewer, "labels", optional=True, prefer=(FIELD_OF_VIEW,), **kwargs)
+
+    def preferred(self) -> Layer | None:
+        return next((ly for ly in self.layers() if ly.name == FIELD_OF_VIEW), None)
 
 
-class _EntropySink:
-    """A stand-in for ``probabilities_out`` that keeps, of each block, only its normalised entropy
-    (float in memory, or ``255 x`` entropy in a uint8 store) and the per-slice sums for ranking."""
+@dataclass(frozen=True)
+class _Stores:
+    """Where the on-disk prediction (and uncertainty) of a big volume go."""
 
-    def __init__(self, out: Any, scores: Any) -> None:
-        self.out = out
-        self.scores = scores
-        self._quantize = np.dtype(out.dtype) == np.uint8
-
-    def __setitem__(self, key: tuple[slice, ...], probs: np.ndarray) -> None:
-        from napari_tomoseg.core.measure.uncertainty import entropy
-
-        u = entropy(probs.astype(np.float32))
-        self.scores.add(key[1:], u)
-        if self._quantize:
-            self.out[key[1:]] = np.rint(u * 255.0).astype(np.uint8)
-        else:
-            self.out[key[1:]] = u.astype(self.out.dtype)
+    prediction: Path
+    uncertainty: Path | None
 
 
-class SegmentWidget(QWidget):
+def _row(label: str, *widgets: Any) -> Container:
+    row = Container(widgets=list(widgets), layout="horizontal", labels=False, label=label)
+    row.margins = (0, 0, 0, 0)
+    return row
+
+
+class SegmentWidget(Container):
     """Segment an image layer into phases with a U-Net (bundled, saved, or fine-tuned in this session)."""
 
-    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self.viewer = napari_viewer
-        self.session = session(napari_viewer)
-        self.session.widgets["segment"] = self
+        self.state = state_for(napari_viewer)
         self.runner = JobRunner("Segmenting")
 
-        self.image = LayerCombo(napari_viewer, "image", accept=_is_volume)
-        self.model = ModelChooser(self.session)
-        self.mask = LayerCombo(napari_viewer, "labels", optional=True)
-        self.detect_fov = QPushButton("Detect field of view")
-        self.detect_fov.setToolTip(
-            "Mark the voxels outside the reconstruction circle; they stay 0 (not segmented) and are "
-            "left out of scores and fractions"
+        self.image = LayerPicker(napari_viewer, "image", label="Image", accept=_is_volume)
+        self.model = ModelChooser(self.state, label="Model")
+        self.mask = MaskPicker(
+            napari_viewer,
+            tooltip="Voxels outside the mask stay 0 (not segmented) and are left out of scores",
         )
-        self.mode = QComboBox()
-        self.mode.addItems(list(MODES))
-        self.axis = QComboBox()
-        self.axis.addItems(list(AXES))
-        self.device = QComboBox()
-        self.device.addItems(list(DEVICES))
-        self.devices_found = QLabel("looking…")
-        self.tile = QSpinBox()
-        self.tile.setRange(16, 4096)
-        self.tile.setSingleStep(8)
-        self.overlap = QSpinBox()
-        self.overlap.setRange(0, 1024)
-        self.memory = QDoubleSpinBox()
-        self.memory.setRange(0.5, 4096.0)
-        self.memory.setDecimals(1)
-        self.memory.setSingleStep(0.5)
-        self.memory.setSuffix(" GB")
-        self.memory.setValue(DEFAULT_MEMORY_GB)
-        self.memory.setToolTip(
-            "Memory the segmentation may use (napari's own included): it picks how many slices are "
-            "processed at once. The volume itself is read piece by piece."
+        self.detect_fov = PushButton(
+            text="Detect field of view",
+            tooltip="Mark the voxels outside the reconstruction circle; they stay 0 (not segmented) "
+            "and are left out of scores and fractions",
         )
-        self.ring_removal = QCheckBox("Remove ring artifacts")
-        self.ring_removal.setToolTip(
-            "Subtract the thin rings that CT puts around the rotation axis (z) before segmenting, "
-            "when the volume has any. Set from the model: keep it as the model was trained."
+        self.mode = ComboBox(
+            label="Mode",
+            choices=[(MODE_LABELS[m], m) for m in MODES],
+            tooltip="Only the modes the chosen model can run are offered",
         )
-        self.keep_uncertainty = QCheckBox("Uncertainty layer (for 'next slice to correct')")
-        self.keep_uncertainty.setChecked(True)
-        self.preview = QPushButton("Preview slice")
-        self.preview.setToolTip(
-            "Segment the slice on screen and estimate the time for the whole volume"
+        self.axis = ComboBox(label="Slice axis", choices=AXIS_NAMES, value="z")
+        self.device = ComboBox(choices=DEVICES, value="auto")
+        self.devices_found = Label(value="looking…")
+        self.tile = SpinBox(label="Tile", value=256, min=16, max=4096, step=8)
+        self.overlap = SpinBox(label="Overlap", value=32, min=0, max=128)
+        self.memory = FloatSpinBox(
+            label="Memory budget (GB)",
+            value=DEFAULT_MEMORY_GB,
+            min=0.5,
+            max=4096.0,
+            step=0.5,
+            tooltip="Memory the segmentation may use (napari's own included): it picks how many "
+            "slices are processed at once. The volume itself is read piece by piece.",
+        )
+        self.ring_removal = CheckBox(
+            text="Remove ring artifacts",
+            tooltip="Subtract the thin rings that CT puts around the rotation axis (z) before "
+            "segmenting, when the volume has any. Set from the model: keep it as the model was "
+            "trained.",
+        )
+        self.keep_uncertainty = CheckBox(
+            text="Uncertainty layer (for 'next slice to correct')", value=True
+        )
+        self.preview = PushButton(
+            text="Preview slice",
+            tooltip="Segment the slice on screen and estimate the time for the whole volume",
         )
         self.controls = JobControls(self.runner, "Segment volume")
         self.controls.also_disable(self.preview, self.detect_fov)
-        self.estimate = QLabel("")
-        self.estimate.setWordWrap(True)
+        self.estimate = Label(value="")
+        self.estimate.native.setWordWrap(True)
+        form = Container(
+            widgets=[
+                self.image,
+                self.model,
+                _row("Mask", self.mask, self.detect_fov),
+                self.mode,
+                self.axis,
+                _row("Device", self.device, self.devices_found),
+                self.tile,
+                self.overlap,
+                self.memory,
+                self.ring_removal,
+                self.keep_uncertainty,
+            ]
+        )
+        form.margins = (0, 0, 0, 0)
+        super().__init__(widgets=[form, self.preview, self.controls, self.estimate], labels=False)
 
-        form = QFormLayout()
-        form.addRow("Image", self.image)
-        form.addRow("Model", self.model)
-        mask_row = QHBoxLayout()
-        mask_row.addWidget(self.mask, 1)
-        mask_row.addWidget(self.detect_fov)
-        form.addRow("Mask", mask_row)
-        form.addRow("Mode", self.mode)
-        form.addRow("Slice axis", self.axis)
-        dev_row = QHBoxLayout()
-        dev_row.addWidget(self.device)
-        dev_row.addWidget(self.devices_found, 1)
-        form.addRow("Device", dev_row)
-        form.addRow("Tile", self.tile)
-        form.addRow("Overlap", self.overlap)
-        form.addRow("Memory budget", self.memory)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.ring_removal)
-        layout.addWidget(self.keep_uncertainty)
-        layout.addWidget(self.preview)
-        layout.addWidget(self.controls)
-        layout.addWidget(self.estimate)
-        layout.addWidget(self.controls.status)
-        layout.addStretch(1)
-
-        self.model.currentIndexChanged.connect(self._model_changed)
-        self.preview.clicked.connect(self.run_preview)
-        self.controls.run_button.clicked.connect(lambda: self.run())
-        self.detect_fov.clicked.connect(self.run_detect_fov)
+        self.tile.changed.connect(self._tile_changed)
+        self.model.model_changed.connect(self._model_changed)
+        self.preview.changed.connect(lambda: self.run_preview())
+        self.controls.run_button.changed.connect(lambda: self.run())
+        self.detect_fov.changed.connect(lambda: self.run_detect_fov())
+        # A weak connection: it ends with this widget (napari's window close stops running jobs).
+        self.state.segment_requested.connect(self._segment_requested)
         self._model_changed()
         self._find_devices()
 
     # form ------------------------------------------------------------------------------------
+    def _tile_changed(self, tile: int) -> None:
+        # The network sees ``overlap // 2`` more on each side of a tile: at most half a tile.
+        self.overlap.max = max(0, int(tile) // 2)
+
     def _model_changed(self, *_: Any) -> None:
         try:
             info = self.model.info()
@@ -218,57 +210,53 @@ class SegmentWidget(QWidget):
         self.apply_model_defaults(info)
 
     def apply_model_defaults(self, info: ModelInfo) -> None:
-        """Set mode, axis, tile, overlap and ring removal to what the model was made for."""
-        fits = fitting_modes(info.ndim, info.in_channels)
-        model = self.mode.model()
-        for row, mode in enumerate(MODES.values()):
-            item = model.item(row)
-            item.setEnabled(mode in fits)
-            item.setToolTip("" if mode in fits else "this model cannot run in this mode")
-        mode_label = next(k for k, v in MODES.items() if v == info.mode)
-        self.mode.setCurrentText(mode_label)
-        self.axis.setCurrentText(info.axis)
-        self.tile.setValue(info.tile)
-        self.overlap.setValue(info.overlap)
-        self.ring_removal.setChecked(info.ring_removal)
+        """Offer the modes the model can run; set mode, axis, tile, overlap and ring removal to what
+        the model was made for."""
+        fits = runnable_modes(info)
+        self.mode.choices = [(MODE_LABELS[m], m) for m in fits]
+        self.mode.value = info.mode if info.mode in fits else fits[0]
+        self.axis.value = info.axis
+        self.tile.value = info.tile
+        self.overlap.value = info.overlap
+        self.ring_removal.value = info.ring_removal
 
     def _find_devices(self) -> None:
         # torch is imported in a worker thread: opening the widget never blocks the viewer.
         self._devices_worker = create_worker(detect_devices, _ignore_errors=True)
         self._devices_worker.returned.connect(self._devices_found)
         self._devices_worker.errored.connect(
-            lambda err: self.devices_found.setText(f"torch unusable: {err}")
+            lambda err: self._devices_found(None, f"torch unusable: {err}")
         )
         self._devices_worker.start()
 
-    def _devices_found(self, text: str) -> None:
+    def _devices_found(self, text: str | None, message: str | None = None) -> None:
         try:
-            self.devices_found.setText(f"found: {text}")
-        except RuntimeError:  # widget closed meanwhile
+            self.devices_found.value = message or f"found: {text}"
+        except RuntimeError:  # the widget was closed meanwhile
             pass
 
     def settings(self) -> dict[str, Any]:
         """The form as keyword arguments of :class:`~napari_tomoseg.core.segment.InferenceConfig`
         (built in the worker, which imports torch)."""
-        tile = self.tile.value()
+        tile = int(self.tile.value)
         if tile % 8:
             raise ValueError(f"tile must be a multiple of 8, got {tile}")
         return {
-            "mode": MODES[self.mode.currentText()],
-            "axis": self.axis.currentText(),
+            "mode": self.mode.value,
+            "axis": self.axis.value,
             "tile": tile,
-            "overlap": min(self.overlap.value(), tile // 2),
-            "device": self.device.currentText(),
-            "memory": int(self.memory.value() * 1e9),
-            "ring_removal": self.ring_removal.isChecked(),
+            "overlap": min(int(self.overlap.value), tile // 2),
+            "device": self.device.value,
+            "memory": int(self.memory.value * 1e9),
+            "ring_removal": bool(self.ring_removal.value),
         }
 
     def _inputs(self) -> tuple[Any, Any, Any]:
-        """(image layer, volume, mask or None), checked; ValueError says what to fix."""
-        layer = self.image.layer()
+        """(image layer, volume, mask or None), checked; a ValueError says what to fix."""
+        layer = self.image.layer
         volume = check_image_layer(layer)
         mask = None
-        mask_layer = self.mask.layer()
+        mask_layer = self.mask.layer
         if mask_layer is not None:
             mask = mask_layer.data
             if tuple(mask.shape) != tuple(volume.shape):
@@ -279,16 +267,28 @@ class SegmentWidget(QWidget):
         return layer, volume, mask
 
     # run -------------------------------------------------------------------------------------
+    def _segment_requested(self, model_name: str) -> None:
+        """Another widget asked to segment the current image with ``model_name`` (in memory)."""
+        try:
+            self.native.isVisible()
+        except RuntimeError:  # the dock was closed and its Qt widget deleted
+            self.state.segment_requested.disconnect(self._segment_requested)
+            return
+        if self.runner.running:
+            notify_warning("The Segment widget is busy; segment again once it has finished")
+            return
+        self.run(model_name=model_name)
+
     def run(self, *, model_name: str | None = None) -> bool:
         """Segment the whole volume into the ``prediction`` layer. Returns False if refused.
 
-        ``model_name`` selects a model held in this session's memory first (e.g. "fine-tuned").
+        ``model_name`` selects a model held in the viewer's memory first (e.g. "fine-tuned 1").
         """
         if self.runner.running:
             return False
-        if model_name is not None:
-            self.model.select_memory(model_name)
         try:
+            if model_name is not None:
+                self.model.select_memory(model_name)
             layer, volume, mask = self._inputs()
             settings = self.settings()
             load = self.model.loader()
@@ -296,21 +296,32 @@ class SegmentWidget(QWidget):
         except (ValueError, KeyError) as err:
             notify_error(f"Cannot segment: {err}")
             return False
-        shape = tuple(int(s) for s in volume.shape)
-        keep_uncertainty = self.keep_uncertainty.isChecked()
         from napari_tomoseg.core.io.labelstore import needs_store
 
-        if needs_store(shape):
+        if needs_store(volume.shape):
             try:
-                stores = self._store_paths(layer, keep_uncertainty)
+                stores = self._store_paths(layer)
             except (ValueError, OSError) as err:
                 notify_error(f"Cannot segment: {err}")
                 return False
             self._run_to_stores(layer, volume, mask, settings, load, phases, stores)
-            return True
+        else:
+            self._run_in_memory(layer, volume, mask, settings, load, phases)
+        return True
+
+    def _run_in_memory(
+        self,
+        layer: Any,
+        volume: Any,
+        mask: Any,
+        settings: dict[str, Any],
+        load: Callable[[], Any],
+        phases: Any,
+    ) -> None:
+        shape = tuple(int(s) for s in volume.shape)
         out = np.zeros(shape, np.uint8)
         shown = np.zeros(shape, np.uint8)
-        uncertainty = np.zeros(shape, np.float16) if keep_uncertainty else None
+        uncertainty = np.zeros(shape, np.float16) if self.keep_uncertainty.value else None
         previous = self._take_prediction()
         # The layer is shown now, while the CPU is free: its first draw (shader compilation, in
         # software OpenGL a good fraction of a second) must not compete with the network.
@@ -318,55 +329,51 @@ class SegmentWidget(QWidget):
 
         def job(token: Any) -> Generator[Any, None, Any]:
             from napari_tomoseg.core.measure.uncertainty import SliceScoreAccumulator
-            from napari_tomoseg.core.segment import InferenceConfig, Predictor, iter_segment
+            from napari_tomoseg.core.segment import EntropyWriter, InferenceConfig, Segmenter
 
-            config = InferenceConfig(**settings)
             model = load()
-            predictor = Predictor(model, device=config.device, precision=config.precision)
-            sink = None
+            writer = None
             if uncertainty is not None:
-                sink = _EntropySink(uncertainty, SliceScoreAccumulator(shape))
-                state["scores"] = sink.scores
-            result = yield from iter_segment(
-                volume,
-                predictor,
-                config,
-                out=out,
-                probabilities_out=sink,
-                mask=mask,
-                cancel=token,
+                writer = EntropyWriter(uncertainty, SliceScoreAccumulator(shape))
+            plan = Segmenter(model, InferenceConfig(**settings)).plan(
+                volume, mask=mask, probabilities=writer is not None
             )
-            return model, result
+            result = yield from plan.run(out, probabilities_out=writer, cancel=token)
+            return model, result, None if writer is None else writer.scores
 
         def on_yield(ev: Any) -> None:
             shown[ev.region] = out[ev.region]
             state["layer"].refresh()
 
         def on_return(res: Any) -> None:
-            model, result = res
+            model, result, scores = res
             layer_p = state["layer"]
             shown[...] = out
             layer_p.refresh()
-            self._finish(layer_p, layer, model, result, uncertainty, state.get("scores"))
+            self._finish(layer_p, layer, model, result, uncertainty, scores)
 
         self._start(job, on_yield, on_return, self._restorer(previous, state), shape)
-        return True
 
-    def _restorer(self, previous: Any, state: dict[str, Any]) -> Any:
+    def _restorer(self, previous: Any, state: dict[str, Any]) -> Callable[..., None]:
         """What a stopped or failed run calls: put ``previous`` (see :meth:`_take_prediction`) back
         into the layer the run showed (``state["layer"]``)."""
 
         def restore(*_: Any) -> None:
             self._restore_prediction(previous, state["layer"])
             if self.runner.state is not JobState.FAILED:
-                self.controls.status.setText("Stopped; the previous prediction was kept")
+                self.controls.status.value = "Stopped; the previous prediction was kept"
 
         return restore
 
     def _start(
-        self, job: Any, on_yield: Any, on_return: Any, restore: Any, shape: tuple[int, ...]
+        self,
+        job: Any,
+        on_yield: Callable[[Any], None],
+        on_return: Callable[[Any], None],
+        restore: Callable[..., None],
+        shape: tuple[int, ...],
     ) -> None:
-        self.controls.status.setText("Segmenting…")
+        self.controls.status.value = "Segmenting…"
         self.runner.start(
             job,
             on_yield=on_yield,
@@ -393,7 +400,7 @@ class SegmentWidget(QWidget):
                 "tomoseg_device": result.device,
                 "tomoseg_settings": {
                     "mode": result.settings.mode,
-                    "axis": AXES[result.settings.axis],
+                    "axis": AXIS_NAMES[result.settings.axis],
                     "tile": result.settings.tile,
                     "overlap": result.settings.overlap,
                 },
@@ -407,28 +414,31 @@ class SegmentWidget(QWidget):
             f"Segmented {'×'.join(map(str, shape))} voxels in {result.seconds:.1f} s on "
             f"{result.device} ({result.precision})"
         )
-        self.controls.status.setText(text)
+        self.controls.status.value = text
         notify_info(text)
 
     # big volumes: prediction and uncertainty in zarr stores next to the volume -------------------
-    def _store_paths(self, image: Any, keep_uncertainty: bool) -> dict[str, Any]:
+    def _store_paths(self, image: Any) -> _Stores:
         """Where the on-disk prediction (and uncertainty) of ``image`` go; refuses to replace a
         folder napari-tomoseg did not write."""
         from napari_tomoseg.core.io.labelstore import is_store
 
-        paths: dict[str, Any] = {"prediction": companion_path(image, PREDICTION_STORE_SUFFIX)}
-        paths["uncertainty"] = (
-            companion_path(image, UNCERTAINTY_STORE_SUFFIX) if keep_uncertainty else None
+        stores = _Stores(
+            companion_path(image, PREDICTION_STORE_SUFFIX),
+            companion_path(image, UNCERTAINTY_STORE_SUFFIX)
+            if self.keep_uncertainty.value
+            else None,
         )
-        for kind, path in (("labels", paths["prediction"]), ("volume", paths["uncertainty"])):
-            if path is not None and path.exists() and not is_store(path, kind):  # type: ignore[arg-type]
+        for kind, path in (("labels", stores.prediction), ("volume", stores.uncertainty)):
+            if path is None:
+                continue
+            if path.exists() and not is_store(path, kind):  # type: ignore[arg-type]
                 raise FileExistsError(
                     f"{path} exists and was not written by napari-tomoseg; move it away so the "
                     "segmentation can be stored there"
                 )
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-        return paths
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return stores
 
     def _run_to_stores(
         self,
@@ -436,70 +446,50 @@ class SegmentWidget(QWidget):
         volume: Any,
         mask: Any,
         settings: dict[str, Any],
-        load: Any,
+        load: Callable[[], Any],
         phases: Any,
-        stores: dict[str, Any],
+        stores: _Stores,
     ) -> None:
-        """Segment a volume too big for memory: blocks go straight into zarr stores (written under
+        """Segment a volume too big for memory: regions go straight into zarr stores (written under
         a temporary name, renamed onto ``<volume>.tomoseg-prediction.zarr`` when complete); the
         ``prediction`` layer shows the store as it fills. A stopped or failed run deletes the
         partial store and leaves the previous prediction as it was."""
         shape = tuple(int(s) for s in volume.shape)
         voxel = voxel_size(layer)
         previous = self._take_prediction()
-        state: dict[str, Any] = {"layer": None, "out": None, "last_refresh": 0.0}
+        state: dict[str, Any] = {"layer": None, "labels": None, "last_refresh": 0.0}
 
         def job(token: Any) -> Generator[Any, None, Any]:
-            import contextlib
-
-            from napari_tomoseg.core.io import streaming_output
             from napari_tomoseg.core.io.labelstore import LABEL_CHUNKS
             from napari_tomoseg.core.measure.uncertainty import SliceScoreAccumulator
-            from napari_tomoseg.core.segment import InferenceConfig, Predictor, iter_segment
+            from napari_tomoseg.core.segment import InferenceConfig, Segmenter, prediction_stores
 
-            config = InferenceConfig(**settings)
             model = load()
-            predictor = Predictor(model, device=config.device, precision=config.precision)
-            with contextlib.ExitStack() as stack:
-                out = stack.enter_context(
-                    streaming_output(
-                        stores["prediction"],
-                        shape,
-                        phases=model.phases,
-                        voxel_size=voxel,
-                        chunks=LABEL_CHUNKS,
-                        overwrite=True,
-                    )
-                )
-                sink = None
-                if stores["uncertainty"] is not None:
-                    unc = stack.enter_context(
-                        streaming_output(
-                            stores["uncertainty"],
-                            shape,
-                            kind="volume",
-                            voxel_size=voxel,
-                            chunks=LABEL_CHUNKS,
-                            overwrite=True,
-                        )
-                    )
-                    sink = _EntropySink(unc, SliceScoreAccumulator(shape))
-                state["out"] = out
-                result = yield from iter_segment(
-                    volume,
-                    predictor,
-                    config,
-                    out=out,
-                    probabilities_out=sink,
-                    mask=mask,
-                    cancel=token,
+            scores = SliceScoreAccumulator(shape) if stores.uncertainty is not None else None
+            plan = Segmenter(model, InferenceConfig(**settings)).plan(
+                volume, mask=mask, probabilities=scores is not None
+            )
+            # Chunks a viewer reads quickly (a few slices), rather than the plan's write chunks.
+            with prediction_stores(
+                stores.prediction,
+                shape,
+                phases=model.phases,
+                chunks=LABEL_CHUNKS,
+                uncertainty=stores.uncertainty,
+                voxel_size=voxel,
+                scores=scores,
+                overwrite=True,
+            ) as out:
+                state["labels"] = out.labels
+                result = yield from plan.run(
+                    out.out, probabilities_out=out.probabilities_out, cancel=token
                 )
             # The stores are complete and renamed into place here.
-            return model, result, None if sink is None else sink.scores
+            return model, result, scores
 
         def on_yield(ev: Any) -> None:
-            if state["layer"] is None and state["out"] is not None:
-                state["layer"] = self._show_prediction(state["out"], layer, phases)
+            if state["layer"] is None and state["labels"] is not None:
+                state["layer"] = self._show_prediction(state["labels"], layer, phases)
             now = time.monotonic()
             if state["layer"] is not None and now - state["last_refresh"] > 0.5:
                 state["last_refresh"] = now
@@ -509,16 +499,17 @@ class SegmentWidget(QWidget):
             from napari_tomoseg.core.io.labelstore import open_store
 
             model, result, scores = res
-            data = open_store(stores["prediction"], shape=shape, kind="labels")
+            data = open_store(stores.prediction, shape=shape, kind="labels")
             layer_p = self._show_prediction(data, layer, phases)
             uncertainty = None
             if scores is not None:
-                uncertainty = open_store(stores["uncertainty"], shape=shape, mode="r")
+                uncertainty = open_store(stores.uncertainty, shape=shape, mode="r")
             self._finish(layer_p, layer, model, result, uncertainty, scores)
-            layer_p.metadata["tomoseg_store"] = str(stores["prediction"])
+            layer_p.metadata["tomoseg_store"] = str(stores.prediction)
 
         self._start(job, on_yield, on_return, self._restorer(previous, state), shape)
 
+    # layers ----------------------------------------------------------------------------------
     def _take_prediction(self) -> Any:
         """Remember the current prediction layer's data so a failed run can put it back."""
         if PREDICTION in self.viewer.layers:
@@ -547,14 +538,11 @@ class SegmentWidget(QWidget):
             apply_phases(added, PhaseTable.from_json(phases_json))
 
     def _show_uncertainty(self, uncertainty: Any, image: Any, scores: Any = None) -> None:
-        self.session.uncertainty = uncertainty
-        self.session.slice_scores = scores
-        self.session.uncertainty_image = image.name
+        self.state.uncertainty = uncertainty
+        self.state.slice_scores = scores
+        self.state.uncertainty_image = image.name
         top = 255.0 if np.dtype(uncertainty.dtype) == np.uint8 else 1.0
-        if (
-            UNCERTAINTY in self.viewer.layers
-            and self.viewer.layers[UNCERTAINTY]._type_string == "image"
-        ):
+        if UNCERTAINTY in self.viewer.layers and is_image(self.viewer.layers[UNCERTAINTY]):
             ly = self.viewer.layers[UNCERTAINTY]
             ly.data = uncertainty
             ly.contrast_limits = (0.0, top)
@@ -582,17 +570,17 @@ class SegmentWidget(QWidget):
         except (ValueError, KeyError) as err:
             notify_error(f"Cannot preview: {err}")
             return False
-        axis = AXES.index(settings["axis"])
+        axis = AXIS_NAMES.index(settings["axis"])
         _, index = current_slice(self.viewer, axis)
         shape = tuple(int(s) for s in volume.shape)
         index = min(max(index, 0), shape[axis] - 1)
         mode = settings["mode"]
 
         def job(token: Any) -> Generator[Any, None, Any]:
-            from napari_tomoseg.core.segment import InferenceConfig, Predictor, iter_segment
+            from napari_tomoseg.core.segment import InferenceConfig, Segmenter
 
             model = load()
-            predictor = Predictor(model, device=settings["device"])
+            segmenter = Segmenter(model, InferenceConfig(**{**settings, "memory": None}))
             k = model.config.in_channels
             # Context around the slice: the slice alone for 2D, its neighbours for 2.5D, a slab for
             # 3D / three axes.
@@ -601,19 +589,14 @@ class SegmentWidget(QWidget):
             region: list[Any] = [slice(None)] * 3
             region[axis] = slice(lo, hi)
             # Ring removal and the grey range need the whole volume (whole slices, a subsample).
-            prepared = model.normalization.prepare(volume, ring_removal=settings["ring_removal"])
+            prepared, grey_range = segmenter.prepare(volume)
             sub = np.asarray(prepared[tuple(region)])
             sub_mask = None if mask is None else np.asarray(mask[tuple(region)])
-            grey_range = model.normalization.volume_range(prepared)
             t0 = time.perf_counter()
-            result = yield from iter_segment(
-                sub,
-                predictor,
-                InferenceConfig(**{**settings, "memory": None}, block=hi - lo),
-                mask=sub_mask,
-                grey_range=grey_range,
-                cancel=token,
+            plan = segmenter.with_options(block=hi - lo).plan(
+                sub, mask=sub_mask, grey_range=grey_range
             )
+            result = yield from plan.run(cancel=token)
             seconds = time.perf_counter() - t0
             take: list[Any] = [slice(None)] * 3
             take[axis] = index - lo
@@ -635,13 +618,12 @@ class SegmentWidget(QWidget):
             ly.data[tuple(where)] = labels
             apply_phases(ly, phases)
             ly.refresh()
-            text = (
-                f"Preview of slice {AXES[axis]}={index} in {seconds:.2f} s on {device}; the whole "
-                f"volume will take about {_duration(estimate)}"
+            self.estimate.value = (
+                f"Preview of slice {AXIS_NAMES[axis]}={index} in {seconds:.2f} s on {device}; the "
+                f"whole volume will take about {_duration(estimate)}"
             )
-            self.estimate.setText(text)
 
-        self.estimate.setText("Previewing…")
+        self.estimate.value = "Previewing…"
         self.runner.start(job, on_return=on_return)
         return True
 
@@ -651,9 +633,9 @@ class SegmentWidget(QWidget):
         if self.runner.running:
             return False
         try:
-            layer = self.image.layer()
+            layer = self.image.layer
             volume = check_image_layer(layer)
-            axis = AXES.index(self.axis.currentText())
+            axis = AXIS_NAMES.index(self.axis.value)
         except ValueError as err:
             notify_error(f"Cannot detect the field of view: {err}")
             return False
@@ -673,22 +655,18 @@ class SegmentWidget(QWidget):
                 return
             disc = np.expand_dims(fov.disc().astype(np.uint8), axis)
             data = np.broadcast_to(disc, fov.shape)  # read-only view: no memory per slice
-            name = "field of view"
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-            ly = self.viewer.add_labels(data, name=name, **geometry(layer), opacity=0.2)
+            if FIELD_OF_VIEW in self.viewer.layers:
+                self.viewer.layers.remove(FIELD_OF_VIEW)
+            ly = self.viewer.add_labels(data, name=FIELD_OF_VIEW, **geometry(layer), opacity=0.2)
             ly.features = {"index": [0, 1], "phase": ["outside", "inside"]}
-            self.mask.set_layer(name)
-            self.controls.status.setText(
-                f"Field of view: radius {fov.radius:.0f} voxels, {fov.inside_fraction:.0%} of each slice"
+            self.mask.select(ly)
+            self.controls.status.value = (
+                f"Field of view: radius {fov.radius:.0f} voxels, {fov.inside_fraction:.0%} of each "
+                "slice"
             )
 
         self.runner.start(job, on_return=on_return)
         return True
-
-    def closeEvent(self, event: Any) -> None:
-        self.runner.quit()
-        super().closeEvent(event)
 
 
 def _duration(seconds: float) -> str:
