@@ -12,22 +12,15 @@ import numpy as np
 import pytest
 import zarr
 
-import napari_tomoseg._napari._common as common
-from napari_tomoseg._napari._common import JobState
 from napari_tomoseg._napari.annotate import ANNOTATIONS, AnnotateWidget
+from napari_tomoseg._napari.jobs import JobState
 from napari_tomoseg._napari.segment import PREDICTION, UNCERTAINTY, SegmentWidget
+from napari_tomoseg._napari.state import state_for
 from napari_tomoseg.core import io
 from napari_tomoseg.core.io.labelstore import summarize_labels
 from napari_tomoseg.core.measure.uncertainty import rank_scores, slice_scores
 
 VOXEL = (1.3, 1.3, 1.3)
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    shown: list[str] = []
-    monkeypatch.setattr(common, "show_error", shown.append)
-    return shown
 
 
 @pytest.fixture
@@ -53,7 +46,7 @@ def _core_labels(volume):
 def _segmented(viewer, qtbot, wait_job):
     """A Segment widget that has segmented the viewer's volume once, successfully."""
     widget = SegmentWidget(viewer)
-    qtbot.addWidget(widget)
+    qtbot.addWidget(widget.native)
     assert widget.run()
     assert wait_job(widget.runner) is JobState.DONE
     return widget
@@ -66,7 +59,7 @@ def _hidden(folder):
 def test_segment_writes_a_zarr_backed_prediction(big, qtbot, wait_job, tmp_path):
     viewer, _path, volume = big
     widget = SegmentWidget(viewer)
-    qtbot.addWidget(widget)
+    qtbot.addWidget(widget.native)
     grown = []
     assert widget.run()
     widget.runner.worker.yielded.connect(
@@ -87,7 +80,7 @@ def test_segment_writes_a_zarr_backed_prediction(big, qtbot, wait_job, tmp_path)
     u = np.asarray(unc)
     assert u.max() > 0 and viewer.layers[UNCERTAINTY].contrast_limits == [0.0, 255.0]
     np.testing.assert_allclose(
-        widget.session.slice_scores.scores(0), slice_scores(u / 255.0, axis=0), atol=2.5e-3
+        state_for(viewer).slice_scores.scores(0), slice_scores(u / 255.0, axis=0), atol=2.5e-3
     )
     assert _hidden(tmp_path) == []  # no temporary store left behind
 
@@ -106,7 +99,7 @@ def test_stop_deletes_the_partial_store_and_keeps_the_previous_one(big, qtbot, w
     widget = _segmented(viewer, qtbot, wait_job)
     before = np.asarray(viewer.layers[PREDICTION].data).copy()
     assert widget.run()
-    widget.controls.stop_button.click()
+    widget.controls.stop_button.native.click()
     assert wait_job(widget.runner) is JobState.STOPPED
     np.testing.assert_array_equal(np.asarray(viewer.layers[PREDICTION].data), before)
     np.testing.assert_array_equal(
@@ -120,7 +113,7 @@ def test_segment_refuses_to_replace_a_foreign_folder(big, qtbot, errors, tmp_pat
     foreign = tmp_path / "scan.zarr.tomoseg-prediction.zarr"
     zarr.create_array(store=str(foreign), shape=(2, 2, 2), dtype=np.uint8)
     widget = SegmentWidget(viewer)
-    qtbot.addWidget(widget)
+    qtbot.addWidget(widget.native)
     assert not widget.run()
     assert "was not written by napari-tomoseg" in errors[-1]
     assert zarr.open_array(str(foreign)).shape == (2, 2, 2)
@@ -130,9 +123,9 @@ def test_annotations_of_a_big_volume_live_in_a_store(
     big, qtbot, wait_job, tmp_path, make_napari_viewer
 ):
     viewer, path, _volume = big
-    seg = _segmented(viewer, qtbot, wait_job)
+    _segmented(viewer, qtbot, wait_job)
     ann = AnnotateWidget(viewer)
-    qtbot.addWidget(ann)
+    qtbot.addWidget(ann.native)
     layer = ann.ensure_layer()
     store = tmp_path / "scan.zarr.tomoseg-annotations.zarr"
     assert isinstance(layer.data, zarr.Array) and store.is_dir()
@@ -162,7 +155,7 @@ def test_annotations_of_a_big_volume_live_in_a_store(
     # next slice to correct: the most uncertain slice that holds no annotation
     assert ann.goto_next_slice()
     wait_job(ann.runner)
-    expected = rank_scores(seg.session.slice_scores.scores(0), n=1, skip=[4, 7])[0].index
+    expected = rank_scores(state_for(viewer).slice_scores.scores(0), n=1, skip=[4, 7])[0].index
     assert viewer.dims.current_step[0] == expected
 
     # a new viewer on the same volume restores the annotations from the store
@@ -171,7 +164,7 @@ def test_annotations_of_a_big_volume_live_in_a_store(
     viewer2 = make_napari_viewer()
     viewer2.open(str(path), plugin="napari-tomoseg")
     ann2 = AnnotateWidget(viewer2)
-    qtbot.addWidget(ann2)
+    qtbot.addWidget(ann2.native)
     layer2 = ann2.ensure_layer()
     assert isinstance(layer2.data, zarr.Array)
     np.testing.assert_array_equal(np.asarray(layer2.data), painted)

@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from napari_tomoseg._napari._common import JobState
 from napari_tomoseg._napari.annotate import AnnotateWidget
 from napari_tomoseg._napari.evaluate import EvaluateWidget
 from napari_tomoseg._napari.export import ExportWidget
 from napari_tomoseg._napari.finetune import FinetuneWidget
+from napari_tomoseg._napari.jobs import JobState
 from napari_tomoseg._napari.segment import PREDICTION, SegmentWidget
 from napari_tomoseg.core import io
 from napari_tomoseg.core.phases import COMPOSITE_PHASES
@@ -40,7 +40,7 @@ def test_sample_segment_annotate_finetune_evaluate_export(
         for cls in (SegmentWidget, AnnotateWidget, FinetuneWidget, EvaluateWidget, ExportWidget)
     )
     for w in (seg, ann_w, ft, ev, ex):
-        qtbot.addWidget(w)
+        qtbot.addWidget(w.native)
 
     # 1. segment
     assert seg.run()
@@ -62,13 +62,13 @@ def test_sample_segment_annotate_finetune_evaluate_export(
     np.testing.assert_array_equal(annotations.data[region], truth[region])
     assert not annotations.data[6].any()
 
-    # 3. fine-tune a few steps, holding slice 15 out
-    ft.annotations.set_layer("annotations")
-    ft.budget_kind.setCurrentText("steps")
-    ft.budget.setValue(4)
-    ft.validate_every.setValue(2)
-    ft.validation.setCurrentText("these slices:")
-    ft.held_out.setText("15")
+    # 3. fine-tune a few steps, holding slice 15 out (the picker took the new annotations layer)
+    assert ft.annotations.layer is annotations
+    ft.budget_kind.value = "steps"
+    ft.budget.value = 4
+    ft.validate_every.value = 2
+    ft.validation.value = "slices"
+    ft.held_out.value = "15"
     assert ft.run()
     qtbot.waitUntil(
         lambda: ft.result is not None or ft.runner.state is JobState.FAILED, timeout=120_000
@@ -79,7 +79,7 @@ def test_sample_segment_annotate_finetune_evaluate_export(
 
     # 4. segment again with the fine-tuned model, in one click
     annotated = annotations.data.copy()
-    ft.segment_again.click()
+    ft.segment_again.native.click()
     assert wait_job(seg.runner) is JobState.DONE
     pred_layer = viewer.layers[PREDICTION]
     assert pred_layer.metadata["tomoseg_model"] == "in memory"
@@ -87,10 +87,9 @@ def test_sample_segment_annotate_finetune_evaluate_export(
     np.testing.assert_array_equal(annotations.data, annotated)  # annotations never touched
 
     # 5. evaluate against the annotations: the held-out slice by default
-    ev.prediction_combo.set_layer(PREDICTION)
-    ev.reference_combo.set_layer("annotations")
-    assert ev.held_out_check.isChecked()
-    ev.run()
+    assert ev.prediction.layer is pred_layer and ev.reference.layer is annotations
+    assert ev.held_out_check.value
+    assert ev.run()
     assert wait_job(ev.runner) is JobState.DONE
     held = np.zeros_like(annotations.data)
     held[15] = annotations.data[15]
@@ -101,9 +100,10 @@ def test_sample_segment_annotate_finetune_evaluate_export(
 
     # 6. export the prediction with a report, and read it back
     out = tmp_path / "prediction.tif"
-    ex.layer_combo.set_layer(PREDICTION)
-    ex.path_edit.setText(str(out))
+    assert ex.labels_layer.layer is pred_layer
+    ex.path.value = str(out)
     assert ex.export()
+    assert wait_job(ex.runner) is JobState.DONE
     np.testing.assert_array_equal(io.read_labels(out), pred)
     assert io.read_label_phases(out) == COMPOSITE_PHASES
     assert io.read_voxel_size(out) == pytest.approx((1.3, 1.3, 1.3))

@@ -21,7 +21,7 @@ def test_opens_the_volume_with_widgets_docked(make_napari_viewer, tmp_path):
     assert kinds[:3] == [SegmentWidget, AnnotateWidget, FinetuneWidget]
     assert viewer.layers["scan"].scale.tolist() == [2.0, 1.0, 1.0]
     np.testing.assert_array_equal(np.asarray(viewer.layers["scan"].data), vol)
-    assert widgets[0].image.currentText() == "scan"
+    assert widgets[0].image.layer is viewer.layers["scan"]
 
 
 def test_opens_the_sample_without_a_volume(make_napari_viewer):
@@ -39,7 +39,7 @@ def test_bad_path_fails_before_any_window(capsys, tmp_path):
 
 
 def test_sample_has_physical_scale_and_phases(make_napari_viewer):
-    from napari_tomoseg._napari._common import layer_phases
+    from napari_tomoseg._napari.layers import layer_phases
     from napari_tomoseg.core.phases import COMPOSITE_PHASES
 
     viewer = make_napari_viewer()
