@@ -102,8 +102,8 @@ class _FlushOnHide(QObject):
         super().__init__(parent)
         self._flush = flush
 
-    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
-        if event.type() in (QEvent.Type.Hide, QEvent.Type.Close):
+    def eventFilter(self, obj: QObject | None, event: QEvent | None) -> bool:
+        if event is not None and event.type() in (QEvent.Type.Hide, QEvent.Type.Close):
             self._flush()
         return False
 
@@ -302,6 +302,7 @@ class AnnotateWidget(Container):
         except ValueError as err:
             notify_error(f"Cannot annotate: {err}")
             return None
+        assert image is not None  # check_image_layer refuses None
         shape = tuple(int(s) for s in volume.shape)
         if ANNOTATIONS in self.viewer.layers:
             layer = self.viewer.layers[ANNOTATIONS]

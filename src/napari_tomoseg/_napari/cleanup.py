@@ -136,7 +136,8 @@ class CleanupWidget(Container):
 
         form = Container(widgets=[self.labels_layer, self.phase, self.axis])
         form.margins = (0, 0, 0, 0)
-        thresholds = Container(widgets=[self.min_area, self.min_aspect, self.to])
+        threshold_widgets: list[Any] = [self.min_area, self.min_aspect, self.to]
+        thresholds = Container(widgets=threshold_widgets)
         thresholds.margins = (0, 0, 0, 0)
         buttons = Container(
             widgets=[self.reassign_button, self.undo_button], layout="horizontal", labels=False

@@ -401,7 +401,10 @@ class EvaluateWidget(Container):
         if self.result is None:
             notify_error("evaluate first: there is no table to copy")
             return
-        QApplication.clipboard().setText(self.table_text("\t"))
+        clipboard = QApplication.clipboard()
+        if clipboard is None:  # no QApplication: nothing to copy to
+            return
+        clipboard.setText(self.table_text("\t"))
         notify_info("Jaccard table copied to the clipboard")
 
     def save_csv(self) -> None:

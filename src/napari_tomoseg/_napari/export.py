@@ -77,9 +77,8 @@ class ExportWidget(Container):
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
 
-        path_row = Container(
-            widgets=[self.path, self.browse_button], layout="horizontal", labels=False, label="File"
-        )
+        path_widgets: list[Any] = [self.path, self.browse_button]
+        path_row = Container(widgets=path_widgets, layout="horizontal", labels=False, label="File")
         path_row.margins = (0, 0, 0, 0)
         probs_row = Container(
             widgets=[self.write_probabilities, self.probabilities],
