@@ -548,3 +548,46 @@ def test_read_hdf5_lazily(tmp_path: Path, volume: np.ndarray) -> None:
     (level,) = io.read_volume_dask(tmp_path / "v.h5")
     assert level.chunks == ((5,), (7,), (9,))  # tiny stored chunks regrouped by dask
     np.testing.assert_array_equal(level.compute(), volume)
+
+
+# ------------------------------------------------------------------------------ room helpers
+
+
+def test_input_format_by_ending_and_folder_kind(tmp_path: Path, labels: np.ndarray) -> None:
+    from napari_tomoseg.core.io.formats import input_format
+
+    for name, expected in [
+        ("a.TIF", "tiff"),
+        ("b.tiff", "tiff"),
+        ("c.npy", "npy"),
+        ("d.h5", "hdf5"),
+    ]:
+        (tmp_path / name).write_bytes(b"")
+        assert input_format(tmp_path / name) == expected
+    write_labels(tmp_path / "store.zarr", labels)
+    renamed = tmp_path / "no_ending"
+    (tmp_path / "store.zarr").rename(renamed)
+    assert io.is_zarr_folder(renamed) and input_format(renamed) == "zarr"
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    assert not io.is_zarr_folder(slices) and input_format(slices) == "tiff-folder"
+    (tmp_path / "e.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"unsupported file type '\.png'.*folder of \.tif"):
+        input_format(tmp_path / "e.png")
+
+
+def test_a_store_made_with_the_public_constructor_reads_back_its_metadata(tmp_path: Path) -> None:
+    meta = io.file_metadata("labels", (3, 4, 5), io.check_voxel_size((2, 1, 1)), COMPOSITE_PHASES)
+    arr = io.create_uint8_store(tmp_path / "s.zarr", (3, 4, 5), (2, 4, 5), meta)
+    arr[1] = 2
+    assert arr.chunks == (2, 4, 5) and arr.dtype == np.uint8
+    assert read_label_phases(tmp_path / "s.zarr") == COMPOSITE_PHASES
+    assert read_voxel_size(tmp_path / "s.zarr") == (2.0, 1.0, 1.0)
+    assert np.array_equal(io.read_labels(tmp_path / "s.zarr")[1], np.full((4, 5), 2))
+    with pytest.raises(ValueError, match="three positive numbers"):
+        io.check_voxel_size((1, 0, 1))
+
+
+def test_the_package_exports_every_name_it_lists() -> None:
+    assert all(hasattr(io, name) for name in io.__all__)
+    assert {"read_volume", "write_labels", "streaming_output", "LazySliceStack"} <= set(io.__all__)
