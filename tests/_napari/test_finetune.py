@@ -86,6 +86,8 @@ def test_finetune_plot_segment_again_and_save(annotated_viewer, widget, qtbot, w
     assert widget.segment_again.enabled
     widget.segment_again.native.click()
     assert seg.model.value == "memory:fine-tuned 1"
+    # the 2D base was extended to 2.5D: the Segment widget offers the modes that model runs
+    assert seg.mode.choices == ("2d-3axes", "2.5d") and seg.mode.value == "2.5d"
     assert wait_job(seg.runner) is JobState.DONE
     pred = annotated_viewer.layers[PREDICTION]
     assert pred.metadata["tomoseg_model"] == "in memory"
