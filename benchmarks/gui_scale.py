@@ -154,7 +154,7 @@ def main() -> None:
     rss["annotations_layer"] = RssSampler.now() / gb
     log(f"annotations: {type(ann.data).__name__}, a brush dab in {paint_ms:.1f} ms")
 
-    segment.mode.setCurrentText("2D along an axis")
+    segment.mode.value = "2d"
     slab_times: list[float] = []
     seen: list[int] = []
     assert segment.run()
@@ -170,7 +170,7 @@ def main() -> None:
     pump(0.6)
     copied = annotate.copy_prediction_slice()
     rss["segmenting"] = RssSampler.now() / gb
-    segment.controls.stop_button.click()
+    segment.controls.stop_button.native.click()
     while segment.runner.running:
         pump(0.1)
     first_slab = slab_times[0] - t_run

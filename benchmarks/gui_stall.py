@@ -160,8 +160,9 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_tomoseg._napari._common import JobState, apply_phases
     from napari_tomoseg._napari.finetune import FinetuneWidget
+    from napari_tomoseg._napari.jobs import JobState
+    from napari_tomoseg._napari.layers import apply_phases
     from napari_tomoseg._napari.segment import SegmentWidget
     from napari_tomoseg.core.phantom.composite import PhantomConfig, make_phantom
     from napari_tomoseg.core.phases import COMPOSITE_PHASES
@@ -227,10 +228,10 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
         annotations[z] = ph.labels[z]
     layer = viewer.add_labels(annotations, name="annotations")
     apply_phases(layer, COMPOSITE_PHASES)
-    ft.annotations.set_layer("annotations")
-    ft.budget_kind.setCurrentText("seconds")
-    ft.budget.setValue(int(args.finetune_seconds))
-    ft.validate_every.setValue(10)
+    ft.annotations.select("annotations")
+    ft.budget_kind.value = "seconds"
+    ft.budget.value = int(args.finetune_seconds)
+    ft.validate_every.value = 10
 
     log("fine-tuning")
     t_click = time.perf_counter()

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Segment -----------------------------------------------------------------------------
     d, seg = dock("Segment")
-    seg.image.set_layer(image.name)
+    seg.image.select(image)
     assert seg.run(), "the segment widget refused to run"
     wait(app, job_done(seg), 900, "segmentation")
     out = args.out / "widget-segment.png"
@@ -128,10 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # the widget may not be installed in this checkout yet
         log.warning("no Fine-tune widget (%s); skipping its screenshot", err)
     else:
-        ft.image.set_layer(image.name)
-        ft.annotations.set_layer("annotations")
-        ft.budget_kind.setCurrentText("seconds")
-        ft.budget.setValue(int(args.finetune_seconds))
+        ft.image.select(image)
+        ft.annotations.select("annotations")
+        ft.budget_kind.value = "seconds"
+        ft.budget.value = int(args.finetune_seconds)
         assert ft.run(), "the fine-tune widget refused to run"
         # Planning and training are two jobs: wait for the result, not for the first job.
         wait(app, lambda: ft.result is not None and not ft.runner.running, 900, "fine-tuning")
@@ -143,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     # Evaluate ----------------------------------------------------------------------------
     viewer.layers["prediction"].visible = True
     d, ev = dock("Evaluate")
-    ev.prediction_combo.set_layer("prediction")
-    ev.reference_combo.set_layer("ground truth")
-    ev.image_combo.set_layer(image.name)
+    ev.prediction.select("prediction")
+    ev.reference.select("ground truth")
+    ev.image.select(image)
     ev.run()
     wait(app, job_done(ev), 300, "evaluation")
     viewer.layers["prediction"].visible = False
@@ -158,10 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     # Clean-up ----------------------------------------------------------------------------
     viewer.layers["prediction"].visible = True
     d, cl = dock("Clean up artifacts")
-    cl.layer_combo.set_layer("prediction")
-    cl.phase_combo.setCurrentText("pore")
-    cl.min_area.setValue(20)
-    cl.min_aspect.setValue(2)
+    cl.labels_layer.select("prediction")
+    cl.phase.value = "pore"
+    cl.min_area.value = 20
+    cl.min_aspect.value = 2
     cl.analyse()
     wait(app, job_done(cl), 300, "blob analysis")
     if cl.blobs is not None and len(cl.blobs) and cl.selection.any():
@@ -176,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # Export ------------------------------------------------------------------------------
     d, ex = dock("Export")
-    ex.layer_combo.set_layer("prediction")
+    ex.labels_layer.select("prediction")
     with tempfile.TemporaryDirectory() as tmp:
-        ex.path_edit.setText(str(Path(tmp) / "prediction.tif"))
+        ex.path.value = str(Path(tmp) / "prediction.tif")
         ex.export()
-        app.processEvents()
+        wait(app, job_done(ex), 300, "export")
         out = args.out / "widget-export.png"
         save(viewer, app, out)
         shots.append(out)
