@@ -97,7 +97,7 @@ def test_a_failing_block_leaves_no_output(client, tmp_path, monkeypatch):
     ).reshape(4, 16, 16)
     import shutil
 
-    from napari_tomoseg.core import distributed as dist
+    from napari_tomoseg.core.segment import distributed as dist
 
     real = dist.segment_block
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from napari_tomoseg.core.model.modes import TrainMode, finetuned_mode
 from napari_tomoseg.core.phases import PhaseTable
 from napari_tomoseg.core.progress import CancelToken, run_to_completion
 
@@ -99,7 +100,7 @@ class FinetuneConfig:
     validate_every: int | None = None
     patience: int | None = None
     base_filters: int = 6
-    mode: Literal["2d", "2.5d", "3d"] | None = None
+    mode: TrainMode | None = None
     context_slices: int = 5
 
     def __post_init__(self) -> None:
@@ -313,18 +314,13 @@ def plan_finetune(
             "a segmentation model needs at least two phases; annotate voxels of a second phase"
         )
     if base is not None:
-        mode = base.defaults.mode
-        if _extends_to_slices(base, config):
+        # raises when the base cannot be fine-tuned in the requested mode
+        _, extends = finetuned_mode(base.defaults.mode, base.config, config.mode)
+        if extends:
             notes.append(
                 f"the 2D base model is extended to 2.5D: it sees {config.context_slices} slices "
                 "(the slice and its neighbours) and starts "
                 "as the 2D model (the neighbours' weights start at 0 and are learnt)"
-            )
-        elif config.mode is not None and _mode_family(config.mode) != _mode_family(mode):
-            raise ValueError(
-                f"the base model runs in mode {mode!r} ({base.config.in_channels} input channel(s), "
-                f"{base.config.ndim}D) and cannot be fine-tuned in mode {config.mode!r}; "
-                "choose a base model of that mode or train from scratch"
             )
     axis = config.axis if config.axis is not None else _choose_axis(ann)
     annotated = [int(i) for i in _annotated_index(ann, axis)]
@@ -378,20 +374,6 @@ def plan_finetune(
         crop=crop,
         notes=tuple(notes),
     )
-
-
-def _extends_to_slices(base: Any, config: FinetuneConfig) -> bool:
-    """True if fine-tuning turns the 2D (one-slice) ``base`` into a 2.5D model."""
-    return (
-        config.mode in (None, "2.5d")
-        and _mode_family(base.defaults.mode) == "2d"
-        and base.config.in_channels == 1
-        and base.config.ndim == 2
-    )
-
-
-def _mode_family(mode: str) -> str:
-    return {"2d": "2d", "2d-3axes": "2d", "2.5d": "2.5d", "3d": "3d"}[mode]
 
 
 def band_mask(labels: npt.NDArray[np.uint8], fraction: float = HOLDOUT) -> npt.NDArray[np.bool_]:
@@ -508,7 +490,7 @@ def _initial_model(base: Any, plan: FinetunePlan, config: FinetuneConfig) -> Any
     from napari_tomoseg.core.prep.intensity import Normalization
 
     if base is None:
-        mode = config.mode or "2d"
+        mode, _ = finetuned_mode(None, None, config.mode)
         cfg = UNetConfig(
             ndim=3 if mode == "3d" else 2,
             in_channels=config.context_slices if mode == "2.5d" else 1,
@@ -525,9 +507,10 @@ def _initial_model(base: Any, plan: FinetunePlan, config: FinetuneConfig) -> Any
         )
     network = copy.deepcopy(base.network).to("cpu")
     defaults = base.defaults
-    if _extends_to_slices(base, config):
+    mode, extends = finetuned_mode(base.defaults.mode, base.config, config.mode)
+    if extends:
         network = inflate_to_slices(network, config.context_slices, spread=INFLATE_SPREAD)
-        defaults = replace(defaults, mode="2.5d")
+        defaults = replace(defaults, mode=mode)
     if plan.replace_head:
         torch.manual_seed(config.seed)
         old = network.head

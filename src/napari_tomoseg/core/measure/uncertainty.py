@@ -14,6 +14,20 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from napari_tomoseg.core.segment.outputs import entropy
+
+__all__ = [
+    "SliceScore",
+    "SliceScoreAccumulator",
+    "disagreement",
+    "entropy",
+    "rank_scores",
+    "rank_slices",
+    "slice_scores",
+    "suggest_slices",
+    "volume_uncertainty",
+]
+
 
 @dataclass(frozen=True)
 class SliceScore:
@@ -21,28 +35,6 @@ class SliceScore:
 
     index: int
     score: float
-
-
-def entropy(probabilities: npt.ArrayLike, *, axis: int = 0) -> npt.NDArray[np.float32]:
-    """Softmax entropy normalised to [0, 1] by ``log C``.
-
-    Parameters
-    ----------
-    probabilities
-        Class probabilities along ``axis`` (C >= 2 entries summing to 1 per voxel).
-
-    Returns
-    -------
-    float32 array without ``axis``: 0 where one phase has all the probability, 1 where all are equal.
-    """
-    p = np.asarray(probabilities, dtype=np.float32)
-    c = p.shape[axis]
-    if c < 2:
-        raise ValueError(f"entropy needs probabilities of >= 2 phases along axis {axis}, got {c}")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, p * np.log(np.clip(p, 1e-12, None)), np.float32(0))
-    h = -terms.sum(axis=axis, dtype=np.float32) / np.float32(np.log(c))
-    return np.clip(h, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def disagreement(predictions: Sequence[npt.ArrayLike]) -> npt.NDArray[np.float32]:
@@ -199,18 +191,18 @@ def volume_uncertainty(
     of the entropy of the averaged probabilities and of the disagreement between the three axes' labels
     (slices that look different along z, y and x are where slice-wise prediction is unsure).
     """
-    from napari_tomoseg.core.progress import run_to_completion
-    from napari_tomoseg.core.segment import InferenceConfig, Predictor, iter_segment
+    from napari_tomoseg.core.segment import InferenceConfig, Segmenter
 
     mode = mode or model.defaults.mode
-    predictor = Predictor(model, device=device)
+    # One Segmenter (one predictor on the device); each pass below only changes mode and axis.
+    segmenter = Segmenter(model, InferenceConfig(device=device))
     n = len(model.phases)
     probs = np.zeros((n, *np.shape(volume)), np.float32)
 
     def run(m: str, ax: str) -> npt.NDArray[np.uint8]:
-        config = InferenceConfig(mode=m, axis=ax)  # type: ignore[arg-type]
-        it = iter_segment(volume, predictor, config, probabilities_out=probs, cancel=cancel)
-        return np.asarray(run_to_completion(it, progress).labels)
+        plan = segmenter.with_options(mode=m, axis=ax).plan(volume, probabilities=True)
+        result = plan.segment(probabilities_out=probs, progress=progress, cancel=cancel)
+        return np.asarray(result.labels)
 
     if mode != "2d-3axes":
         run(mode, "zyx"[axis] if mode in ("2d", "2.5d") else model.defaults.axis)

@@ -1,415 +1,119 @@
-"""The modular U-Net of the published method, and self-describing, pickle-free model files.
+"""The ``model`` room: the modular U-Net, self-describing model files, and the vocabulary of modes.
 
-UNetConfig -> ModularUNet (2D / 2.5D / 3D) -> TomosegModel (network + phases + normalisation + defaults)
--> one ``.safetensors`` file (weights + JSON metadata) -> load_model -> the same TomosegModel.
+modes.py (no torch): MODES, AXES, which modes a network runs, which a fine-tune makes.
+network.py: UNetConfig -> ModularUNet.  files.py: TomosegModel <-> one ``.safetensors`` file.
 
-Architecture (Bertoldo et al., Frontiers in Materials 8:761229, 2021): depth-D encoder of residual
-blocks with strided-conv downsampling, a bottleneck block, a decoder of transposed-conv upsampling
-concatenated after the skip, and a 1x1 head returning logits.
+May import: ``core.phases``, ``core.prep`` (the normalisation a model carries). Never ``segment``,
+``learn``, ``measure`` or any front end. The network and file names load on first use, so that
+importing the mode vocabulary (e.g. to fill a GUI's choices) does not import torch.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from typing import Any, Literal
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+from napari_tomoseg.core.model.modes import (
+    AXES,
+    AXIS_NAMES,
+    MODES,
+    TRAIN_MODES,
+    Axis,
+    Mode,
+    TrainMode,
+    axis_index,
+    check_mode,
+    finetuned_mode,
+    mode_family,
+    runnable_modes,
+)
 
-from napari_tomoseg.core.phases import PhaseTable
-from napari_tomoseg.core.prep.intensity import Normalization
+if TYPE_CHECKING:
+    from napari_tomoseg.core.model.files import (
+        BUNDLED_MODEL,
+        FORMAT,
+        InferenceDefaults,
+        ModelFileError,
+        TomosegModel,
+        bundled_model_path,
+        load_model,
+        save_model,
+    )
+    from napari_tomoseg.core.model.network import (
+        Block,
+        ModularUNet,
+        UNetConfig,
+        count_parameters,
+        inflate_to_slices,
+        receptive_halo,
+    )
 
-FORMAT = "napari-tomoseg/model/1"
-Mode = Literal["2d", "2d-3axes", "2.5d", "3d"]
-MODES: tuple[str, ...] = ("2d", "2d-3axes", "2.5d", "3d")
-AXES = {"z": 0, "y": 1, "x": 2}
+#: Public name -> the module that defines it (imported when the name is first used).
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "BUNDLED_MODEL",
+            "FORMAT",
+            "InferenceDefaults",
+            "ModelFileError",
+            "TomosegModel",
+            "bundled_model_path",
+            "load_model",
+            "save_model",
+        ),
+        "napari_tomoseg.core.model.files",
+    ),
+    **dict.fromkeys(
+        (
+            "Block",
+            "ModularUNet",
+            "UNetConfig",
+            "count_parameters",
+            "inflate_to_slices",
+            "receptive_halo",
+        ),
+        "napari_tomoseg.core.model.network",
+    ),
+}
 
-
-@dataclass(frozen=True)
-class UNetConfig:
-    """Architecture of a :class:`ModularUNet`.
-
-    Parameters
-    ----------
-    ndim : 2 or 3
-        Spatial dimensions of the convolutions.
-    in_channels : int
-        1 for a plain 2D or 3D model; k (odd) for 2.5D, the k neighbouring slices as channels.
-    n_phases : int
-        Output channels (logits), one per phase.
-    depth : int
-        Number of down-sampling steps; inputs must be multiples of ``2**depth`` (tiling pads).
-    base_filters : int
-        F: level i of the encoder outputs F * 2**(i + 1) channels.
-    residual, batch_norm : bool
-        Projection shortcut in every block; batch norm after every convolution.
-    dropout : float
-        Dropout probability between the two convolutions of a block.
-    """
-
-    ndim: int = 2
-    in_channels: int = 1
-    n_phases: int = 3
-    depth: int = 3
-    base_filters: int = 8
-    residual: bool = True
-    batch_norm: bool = True
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.ndim not in (2, 3):
-            raise ValueError(f"UNetConfig.ndim must be 2 or 3, got {self.ndim}")
-        if self.in_channels < 1:
-            raise ValueError(f"UNetConfig.in_channels must be >= 1, got {self.in_channels}")
-        if not 1 <= self.n_phases <= 254:
-            raise ValueError(f"UNetConfig.n_phases must be in 1..254, got {self.n_phases}")
-        if not 1 <= self.depth <= 6:
-            raise ValueError(f"UNetConfig.depth must be in 1..6, got {self.depth}")
-        if self.base_filters < 1:
-            raise ValueError(f"UNetConfig.base_filters must be >= 1, got {self.base_filters}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def multiple(self) -> int:
-        """Spatial sizes must be multiples of this (2**depth)."""
-        return 2**self.depth
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> UNetConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown U-Net settings {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
-
-
-def _conv(ndim: int) -> type[nn.Module]:
-    return nn.Conv2d if ndim == 2 else nn.Conv3d
-
-
-def _norm(ndim: int, channels: int, enabled: bool) -> nn.Module:
-    if not enabled:
-        return nn.Identity()
-    return nn.BatchNorm2d(channels) if ndim == 2 else nn.BatchNorm3d(channels)
-
-
-class Block(nn.Module):
-    """conv3-BN-ReLU-(dropout)-conv3-BN, plus a conv3-BN projection shortcut, summed, then ReLU."""
-
-    def __init__(self, cfg: UNetConfig, cin: int, f1: int, f2: int) -> None:
-        super().__init__()
-        conv, nd, bn = _conv(cfg.ndim), cfg.ndim, cfg.batch_norm
-        dropout: nn.Module
-        if cfg.dropout > 0:
-            dropout = nn.Dropout2d(cfg.dropout) if nd == 2 else nn.Dropout3d(cfg.dropout)
-        else:
-            dropout = nn.Identity()
-        self.body = nn.Sequential(
-            conv(cin, f1, 3, padding=1),
-            _norm(nd, f1, bn),
-            nn.ReLU(inplace=True),
-            dropout,
-            conv(f1, f2, 3, padding=1),
-            _norm(nd, f2, bn),
-        )
-        self.shortcut = (
-            nn.Sequential(conv(cin, f2, 3, padding=1), _norm(nd, f2, bn)) if cfg.residual else None
-        )
-        self.act = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.body(x)
-        if self.shortcut is not None:
-            y = y + self.shortcut(x)
-        return self.act(y)
+__all__ = [
+    "AXES",
+    "AXIS_NAMES",
+    "BUNDLED_MODEL",
+    "FORMAT",
+    "MODES",
+    "TRAIN_MODES",
+    "Axis",
+    "Block",
+    "InferenceDefaults",
+    "Mode",
+    "ModelFileError",
+    "ModularUNet",
+    "TomosegModel",
+    "TrainMode",
+    "UNetConfig",
+    "axis_index",
+    "bundled_model_path",
+    "check_mode",
+    "count_parameters",
+    "finetuned_mode",
+    "inflate_to_slices",
+    "load_model",
+    "mode_family",
+    "receptive_halo",
+    "runnable_modes",
+    "save_model",
+]
 
 
-class ModularUNet(nn.Module):
-    """The published modular U-Net; returns logits of shape (N, n_phases, *spatial)."""
-
-    def __init__(self, cfg: UNetConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        conv, nd, bn, f = _conv(cfg.ndim), cfg.ndim, cfg.batch_norm, cfg.base_filters
-        convT = nn.ConvTranspose2d if nd == 2 else nn.ConvTranspose3d
-        self.encoder = nn.ModuleList()
-        self.down = nn.ModuleList()
-        c = cfg.in_channels
-        for i in range(cfg.depth):
-            c_out = f * 2 ** (i + 1)
-            self.encoder.append(Block(cfg, c, f * 2**i, c_out))
-            self.down.append(
-                nn.Sequential(
-                    conv(c_out, c_out, 3, stride=2, padding=1),
-                    _norm(nd, c_out, bn),
-                    nn.ReLU(inplace=True),
-                )
-            )
-            c = c_out
-        self.bottleneck = Block(cfg, c, c, 2 * c)
-        c = 2 * c
-        self.up = nn.ModuleList()
-        self.decoder = nn.ModuleList()
-        for i in reversed(range(cfg.depth)):
-            c_up, c_skip = f * 2 ** (i + 2), f * 2 ** (i + 1)
-            self.up.append(
-                nn.Sequential(
-                    convT(c, c_up, 3, stride=2, padding=1, output_padding=1),
-                    _norm(nd, c_up, bn),
-                    nn.ReLU(inplace=True),
-                )
-            )
-            self.decoder.append(Block(cfg, c_skip + c_up, c_skip, c_skip))
-            c = c_skip
-        self.head = conv(c, cfg.n_phases, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.cfg.multiple
-        if any(s % m for s in x.shape[2:]):
-            raise ValueError(
-                f"spatial size {tuple(x.shape[2:])} must be a multiple of {m} (2**depth)"
-            )
-        skips = []
-        for enc, down in zip(self.encoder, self.down, strict=True):
-            x = enc(x)
-            skips.append(x)
-            x = down(x)
-        x = self.bottleneck(x)
-        for up, dec in zip(self.up, self.decoder, strict=True):
-            x = torch.cat([skips.pop(), up(x)], dim=1)
-            x = dec(x)
-        return self.head(x)
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-@dataclass(frozen=True)
-class InferenceDefaults:
-    """How a model wants to be run; ``tomoseg segment`` takes these unless told otherwise."""
-
-    mode: Mode = "2d"
-    axis: str = "z"
-    tile: int = 256
-    overlap: int = 32
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.axis not in AXES:
-            raise ValueError(f"axis must be one of {tuple(AXES)}, got {self.axis!r}")
-        if self.tile < 8:
-            raise ValueError(f"tile must be >= 8, got {self.tile}")
-        if not 0 <= self.overlap <= self.tile // 2:
-            raise ValueError(
-                f"overlap must be in 0..{self.tile // 2} for tile {self.tile}, got {self.overlap}"
-            )
-
-
-@dataclass
-class TomosegModel:
-    """A network with everything needed to use it on a new volume."""
-
-    network: ModularUNet
-    phases: PhaseTable
-    normalization: Normalization = field(default_factory=Normalization)
-    defaults: InferenceDefaults = field(default_factory=InferenceDefaults)
-    provenance: dict[str, Any] = field(default_factory=dict)
-    source: Path | None = None  # the file it was loaded from, if any
-
-    def __post_init__(self) -> None:
-        cfg = self.network.cfg
-        if cfg.n_phases != len(self.phases):
-            raise ValueError(
-                f"network predicts {cfg.n_phases} phases but the phase table has {len(self.phases)}"
-            )
-        if self.defaults.mode == "3d" and cfg.ndim != 3:
-            raise ValueError("mode '3d' needs a 3D network (UNetConfig.ndim=3)")
-        if self.defaults.mode != "3d" and cfg.ndim != 2:
-            raise ValueError(f"mode {self.defaults.mode!r} needs a 2D network (UNetConfig.ndim=2)")
-        mode, k = self.defaults.mode, cfg.in_channels
-        if (mode == "2.5d" and k == 1) or (mode in ("2d", "3d") and k > 1):
-            raise ValueError(
-                f"mode {mode!r} does not match a network with {k} input channels (2.5D models "
-                "take k > 1 neighbouring slices as channels, 2D and 3D ones 1; the multi-axis "
-                "mode takes either)"
-            )
-
-    @property
-    def config(self) -> UNetConfig:
-        return self.network.cfg
-
-    def with_defaults(self, **changes: Any) -> TomosegModel:
-        return replace(self, defaults=replace(self.defaults, **changes))
-
-
-def save_model(
-    path: str | os.PathLike[str], model: TomosegModel, *, overwrite: bool = False
-) -> Path:
-    """Write ``model`` to one ``.safetensors`` file (weights + JSON metadata), atomically.
-
-    Raises
-    ------
-    FileExistsError
-        If ``path`` exists and ``overwrite`` is false.
-    FileNotFoundError
-        If the folder of ``path`` does not exist.
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"model files end in .safetensors, got {path.name!r}")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {path.parent} does not exist; create it first")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.network.state_dict().items()}
-    metadata = {
-        "format": FORMAT,
-        "unet": json.dumps(asdict(model.config)),
-        "phases": json.dumps(model.phases.to_json()),
-        "normalization": json.dumps(asdict(model.normalization)),
-        "inference": json.dumps(asdict(model.defaults)),
-        "provenance": json.dumps(model.provenance, default=str),
-    }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-class ModelFileError(ValueError):
-    """A model file that cannot be used: corrupt, truncated, not ours, or inconsistent."""
-
-
-def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> TomosegModel:
-    """Load a model file written by :func:`save_model`. Never unpickles.
-
-    Raises
-    ------
-    FileNotFoundError
-        If the file does not exist.
-    ModelFileError
-        If it is truncated or corrupt, lacks our metadata, or its weights do not match its architecture.
-    """
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} not found")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ModelFileError(
-            f"{path}: not a readable .safetensors model file ({err}); it may be truncated or corrupt"
-        ) from err
-    if meta.get("format") != FORMAT:
-        raise ModelFileError(
-            f"{path}: not a napari-tomoseg model (metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r})"
-        )
-    try:
-        cfg = UNetConfig.from_json(json.loads(meta["unet"]))
-        phases = PhaseTable.from_json(json.loads(meta["phases"]))
-        normalization = Normalization(**json.loads(meta.get("normalization", "{}")))
-        defaults = InferenceDefaults(**json.loads(meta.get("inference", "{}")))
-        provenance = json.loads(meta.get("provenance", "{}"))
-    except (KeyError, TypeError, ValueError) as err:
-        raise ModelFileError(f"{path}: malformed metadata ({err})") from err
-    network = ModularUNet(cfg)
-    expected = network.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            s
-            for s in (
-                f"missing {missing[:3]}" if missing else "",
-                f"unexpected {unexpected[:3]}" if unexpected else "",
-                f"wrong shape {wrong[:3]}" if wrong else "",
-            )
-            if s
-        )
-        raise ModelFileError(
-            f"{path}: weights do not match the architecture in its metadata ({detail})"
-        )
-    for k, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ModelFileError(
-                f"{path}: tensor {k!r} holds NaN or inf; the model is broken (retrain it)"
-            )
-    network.load_state_dict(tensors)
-    network.eval().to(device)
-    try:
-        return TomosegModel(network, phases, normalization, defaults, provenance, source=path)
-    except ValueError as err:
-        raise ModelFileError(f"{path}: inconsistent metadata ({err})") from err
-
-
-def bundled_model_path() -> Path:
-    """Path of the model shipped inside the package."""
-    return Path(__file__).resolve().parents[2] / "models" / "composite-2d.safetensors"
-
-
-def receptive_halo(cfg: UNetConfig) -> int:
-    """A conservative margin (voxels) beyond which context barely changes a prediction.
-
-    Used as the default tile overlap; the exact receptive field of a depth-3 net is much larger
-    but its effective (weighted) extent is a few tens of voxels.
-    """
-    return math.ceil(4 * 2**cfg.depth)
-
-
-def inflate_to_slices(
-    network: ModularUNet, k: int = 3, *, spread: Literal["binomial", "centre"] = "binomial"
-) -> ModularUNet:
-    """A 2.5D copy of a 2D network that takes ``k`` neighbouring slices as channels.
-
-    The first convolutions' kernels are spread over the k slices with binomial weights (1-2-1 for k=3),
-    so the copy starts as the 2D network applied to a slice lightly smoothed across slices, and
-    fine-tuning then learns how much of the neighbouring slices to use (it sees 3D context that a
-    2D network cannot). ``spread="centre"`` puts the whole kernel on the centre slice instead: the copy
-    starts as exactly the 2D network. The original network is left untouched.
-    """
-    if network.cfg.ndim != 2 or network.cfg.in_channels != 1:
-        raise ValueError(
-            f"only a 2D network with one input channel can be inflated, got ndim={network.cfg.ndim}, "
-            f"in_channels={network.cfg.in_channels}"
-        )
-    if k < 3 or k % 2 == 0:
-        raise ValueError(f"k must be odd and >= 3, got {k}")
-    import copy
-
-    if spread == "binomial":
-        weights = torch.tensor([math.comb(k - 1, i) for i in range(k)], dtype=torch.float32)
-        weights /= weights.sum()
-    elif spread == "centre":
-        weights = torch.zeros(k)
-        weights[k // 2] = 1.0
-    else:
-        raise ValueError(f"spread must be 'binomial' or 'centre', got {spread!r}")
-    new = copy.deepcopy(network)
-    first = new.encoder[0]
-    assert isinstance(first, Block)
-    convs = [first.body[0]] + ([first.shortcut[0]] if first.shortcut is not None else [])
-    for conv in convs:
-        assert isinstance(conv, nn.Conv2d)
-        w = conv.weight.data  # (out, 1, 3, 3)
-        conv.weight = nn.Parameter(w * weights.view(1, k, 1, 1).to(w))
-        conv.in_channels = k
-    new.cfg = replace(network.cfg, in_channels=k)
-    return new
+def __dir__() -> list[str]:
+    return sorted(__all__)

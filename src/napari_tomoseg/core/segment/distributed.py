@@ -31,10 +31,15 @@ import numpy as np
 from napari_tomoseg.core import io
 from napari_tomoseg.core.model import TomosegModel
 from napari_tomoseg.core.progress import Cancelled, CancelToken, SegmentProgress, run_to_completion
+from napari_tomoseg.core.segment.device import precision_name, resolve_device, resolve_precision
+from napari_tomoseg.core.segment.options import InferenceConfig, ResolvedInference, resolve
+from napari_tomoseg.core.segment.pipeline import Segmenter, SegmentPlan
+from napari_tomoseg.core.segment.strategies import output_chunks
 
 log = logging.getLogger(__name__)
 
-#: Per worker process: model key -> Predictor, path -> opened volume (built once, reused by tasks).
+#: Per worker process: model key -> Segmenter, path -> opened volume, and the plan over it (built
+#: once, reused by the tasks).
 _WORKER_CACHE: dict[tuple[Any, ...], Any] = {}
 
 
@@ -92,13 +97,13 @@ def connect(
     return Client(cluster), cluster
 
 
-def _worker_predictor(key: str, model: TomosegModel, device: str, precision: Any) -> Any:
-    from napari_tomoseg.core.segment import Predictor
-
-    cache_key = ("predictor", key)
+def _worker_segmenter(key: str, model: TomosegModel, config: InferenceConfig) -> Segmenter:
+    """The worker's Segmenter of the model scattered under ``key`` (its predictor built once)."""
+    cache_key = ("segmenter", key)
     if cache_key not in _WORKER_CACHE:
-        _WORKER_CACHE[cache_key] = Predictor(model, device=device, precision=precision)
-    return _WORKER_CACHE[cache_key]
+        _WORKER_CACHE[cache_key] = Segmenter(model, config)
+    segmenter: Segmenter = _WORKER_CACHE[cache_key]
+    return segmenter
 
 
 def _worker_volume(path: str, dataset: str | None) -> Any:
@@ -122,6 +127,28 @@ def _worker_rings(
     return _WORKER_CACHE[cache_key]
 
 
+def _worker_plan(
+    key: str,
+    model: TomosegModel,
+    config: InferenceConfig,
+    source: tuple[str, str | None],
+    settings: ResolvedInference,
+    grey_range: tuple[float, float],
+    rings: tuple[tuple[float, float], float | None] | None,
+) -> SegmentPlan:
+    """The worker's plan of the whole volume (options and grey range decided by the client)."""
+    cache_key = ("plan", key, *source, rings)
+    if cache_key not in _WORKER_CACHE:
+        if rings is None:
+            volume = _worker_volume(*source)
+        else:
+            volume = _worker_rings(*source, *rings)
+        segmenter = _worker_segmenter(key, model, config)
+        _WORKER_CACHE[cache_key] = segmenter.plan(volume, grey_range=grey_range, settings=settings)
+    plan: SegmentPlan = _WORKER_CACHE[cache_key]
+    return plan
+
+
 def segment_block(
     region: tuple[int, int],
     *,
@@ -129,87 +156,41 @@ def segment_block(
     target: str,
     model: TomosegModel,
     model_key: str,
-    settings: Any,
+    config: InferenceConfig,
+    settings: ResolvedInference,
     grey_range: tuple[float, float],
     rings_centre: tuple[float, float] | None = None,
     rings_fill: float | None = None,
-    device: str = "cpu",
-    precision: Any = "auto",
     threads: int | None = None,
 ) -> np.ndarray:
     """Segment slices ``region[0]:region[1]`` along the slicing axis; write them; return counts.
 
-    Runs on a worker: the predictor and the opened volume are cached per worker process.
+    Runs on a worker: the Segmenter (and its predictor), the opened volume and its plan are cached
+    per worker process; the block is one of the plan's regions, computed by ``plan.compute``.
     """
     import torch
     import zarr
 
-    from napari_tomoseg.core.segment import (
-        _load_slab,
-        _load_window,
-        _plane_shape,
-        _PlaneGrid,
-        _segment_slab_3axes,
-        _segment_slab_valid,
-        _ZGrid,
-    )
-
     if threads is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    predictor = _worker_predictor(model_key, model, device, precision)
-    if rings_centre is None:
-        volume = _worker_volume(*source)
-    else:
-        centre = (float(rings_centre[0]), float(rings_centre[1]))
-        volume = _worker_rings(*source, centre, rings_fill)
-    shape = tuple(int(s) for s in volume.shape)
-    r = settings
-    plane = _plane_shape(shape, r.axis)
-    cfg = model.config
-    grid = _PlaneGrid.of(plane, r.tile, r.overlap, cfg.multiple)
-    i0, i1 = region
-    lo, hi = grey_range
-    if r.mode == "2d-3axes":  # z-slabs; the y and x passes read their z-context from the store
-        zgrid = _ZGrid.of(shape[0], r.overlap, cfg.multiple, cfg.in_channels // 2)
-        probs = _segment_slab_3axes(
-            _load_window(volume, zgrid, i0, i1, lo, hi),
-            i0,
-            i1,
-            predictor,
-            zgrid,
-            grid,
-            r,
-            n_out=cfg.n_phases,
-            multiple=cfg.multiple,
-            cancel=None,
-            context=cfg.in_channels // 2,
-        )
-        labels = (np.argmax(probs, axis=0) + 1).astype(np.uint8)
-    else:
-        padded = _load_slab(volume, r, i0, i1, cfg.in_channels, lo, hi, grid)
-        labels, _ = _segment_slab_valid(
-            padded,
-            predictor,
-            grid,
-            plane,
-            n_out=cfg.n_phases,
-            batch_size=r.batch_size,
-            probabilities=False,
-            cancel=None,
-        )
-        labels = np.moveaxis(labels, 0, r.axis)
+    rings = None
+    if rings_centre is not None:
+        rings = ((float(rings_centre[0]), float(rings_centre[1])), rings_fill)
+    plan = _worker_plan(model_key, model, config, source, settings, grey_range, rings)
+    where: list[slice] = [slice(0, s) for s in plan.shape]
+    where[settings.axis] = slice(*region)
+    block = (where[0], where[1], where[2])
+    labels, _ = plan.compute(block)
     out = zarr.open_array(target, mode="r+")
-    where = [slice(None)] * 3
-    where[r.axis] = slice(i0, i1)
-    out[tuple(where)] = labels
-    return np.bincount(labels.ravel(), minlength=cfg.n_phases + 1)
+    out[block] = labels
+    return np.bincount(labels.ravel(), minlength=model.config.n_phases + 1)
 
 
 def iter_segment_distributed(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
     model: TomosegModel,
-    config: Any = None,
+    config: InferenceConfig | None = None,
     *,
     dataset: str | None = None,
     client: Any = None,
@@ -246,8 +227,6 @@ def iter_segment_distributed(
     ValueError
         For an unreachable scheduler (before any output exists), or a 3D / multi-axis mode.
     """
-    from napari_tomoseg.core.segment import InferenceConfig, resolve
-
     config = config or InferenceConfig()
     src = Path(source).expanduser()
     volume = io.read_volume(src, dataset=dataset, lazy=True)
@@ -274,9 +253,7 @@ def iter_segment_distributed(
         n_workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
         if threads_per_task is None and cluster is not None:
             threads_per_task = max(1, (os.cpu_count() or 1) // n_workers)
-        chunks = [512, 512, 512]
-        chunks[settings.axis] = settings.block
-        chunks = [min(c, s) for c, s in zip(chunks, shape, strict=True)]
+        chunks = output_chunks(shape, settings)
         with io.streaming_output(
             out_path,
             shape,
@@ -300,12 +277,11 @@ def iter_segment_distributed(
                     target=target,
                     model=model_future,
                     model_key=key,
+                    config=config,
                     settings=settings,
                     grey_range=grey_range,
                     rings_centre=rings_centre,
                     rings_fill=rings_fill,
-                    device=config.device if config.device != "auto" else "auto",
-                    precision=config.precision,
                     threads=threads_per_task,
                     pure=False,
                 )
@@ -332,12 +308,8 @@ def iter_segment_distributed(
         if cluster is not None:
             client.close()
             cluster.close()
-    from napari_tomoseg.core.segment import resolve_device, resolve_precision
-
     dev = resolve_device("cpu" if config.device == "auto" else config.device)
-    precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[
-        str(resolve_precision(config.precision, dev)).removeprefix("torch.")
-    ]
+    precision = precision_name(resolve_precision(config.precision, dev))
     return DistributedResult(
         counts=counts,
         seconds=time.perf_counter() - t0,
@@ -354,7 +326,7 @@ def segment_distributed(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
     model: TomosegModel,
-    config: Any = None,
+    config: InferenceConfig | None = None,
     *,
     progress: Callable[[SegmentProgress], None] | None = None,
     **kwargs: Any,
