@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_tomoseg._napari._common import apply_phases
+from napari_tomoseg._napari.layers import apply_phases
 from napari_tomoseg._napari.writer import napari_write_labels, voxel_size_um
 from napari_tomoseg.core import io
 from napari_tomoseg.core.phases import COMPOSITE_PHASES
