@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from napari_tomoseg.core.model.modes import AXES, MODES
 
@@ -153,17 +154,18 @@ def format_number(v: float) -> str:
     return "n/a" if np.isnan(v) else f"{v:.4f}"
 
 
-def format_table(names: Sequence[str], columns: dict[str, Sequence[float]]) -> str:
+def format_table(names: Sequence[str], columns: Mapping[str, npt.ArrayLike]) -> str:
     """A plain-text table: one row per phase plus the mean, one column per method."""
     width = max(8, *(len(n) for n in names))
     heads = list(columns)
+    values = {h: np.asarray(columns[h], dtype=np.float64) for h in heads}
     lines = [f"{'phase':<{width}}  " + "  ".join(f"{h:>10}" for h in heads)]
     for i, name in enumerate(names):
         lines.append(
-            f"{name:<{width}}  " + "  ".join(f"{format_number(columns[h][i]):>10}" for h in heads)
+            f"{name:<{width}}  " + "  ".join(f"{format_number(values[h][i]):>10}" for h in heads)
         )
     means = [
-        float(np.nanmean(columns[h])) if not np.all(np.isnan(columns[h])) else float("nan")
+        float(np.nanmean(values[h])) if not np.all(np.isnan(values[h])) else float("nan")
         for h in heads
     ]
     lines.append(f"{'mean':<{width}}  " + "  ".join(f"{format_number(m):>10}" for m in means))

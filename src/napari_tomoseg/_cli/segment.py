@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             raise CliError("--uncertainty is not available with --scheduler / --local-cluster yet")
         from napari_tomoseg.core.segment.distributed import segment_distributed
 
-        result = segment_distributed(
+        done = segment_distributed(
             args.input,
             out_path,
             model,
@@ -101,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
             voxel_size=voxel_size,
             overwrite=args.overwrite,
         )
-        counts = result.counts
-        seconds, device, precision, mode = result.seconds, "dask", result.precision, result.mode
+        counts = done.counts
+        seconds, device, precision, mode = done.seconds, "dask", done.precision, done.mode
     else:
         from napari_tomoseg.core.segment import Segmenter, format_bytes, prediction_stores
 
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
                 io.rechunked(volume, folder=out_path.parent, name=str(args.input))
             )
             plan = segmenter.plan(source, probabilities=unc_path is not None)
-            if plan.settings.memory_estimate is not None:
+            if plan.settings.memory_estimate is not None and config.memory is not None:
                 log.info(
                     "memory budget %s: %d slices per block, %d tiles per batch, expected peak %s",
                     format_bytes(config.memory),

@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     if args.slices:
         axis, indices = parse_slices(args.slices)
         annotations = _keep_slices(annotations, axis, indices)
-    validation, val_slices = "auto", ()
+    validation = "auto"
+    val_slices: tuple[int, ...] = ()
     if args.val:
         if args.val in ("auto", "band", "none"):
             validation = args.val
