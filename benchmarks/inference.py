@@ -47,20 +47,18 @@ from napari_tomoseg.core.model import (  # noqa: E402
     load_model,
 )
 from napari_tomoseg.core.prep.intensity import apply_range  # noqa: E402
-from napari_tomoseg.core.progress import run_to_completion  # noqa: E402
 from napari_tomoseg.core.segment import (  # noqa: E402
     InferenceConfig,
     Predictor,
-    iter_segment,
+    Segmenter,
 )
 
 
-def run_ours(
-    volume: np.ndarray, predictor: Predictor, config: InferenceConfig
-) -> tuple[np.ndarray, float]:
-    run_to_completion(iter_segment(volume[:1], predictor, config))  # warm-up (oneDNN primitives)
+def run_ours(volume: np.ndarray, segmenter: Segmenter) -> tuple[np.ndarray, float]:
+    """Plan (preparation, grey range) and segment ``volume``, timed as a user's run is."""
+    segmenter.plan(volume[:1]).segment()  # warm-up (oneDNN primitives)
     t0 = time.perf_counter()
-    result = run_to_completion(iter_segment(volume, predictor, config))
+    result = segmenter.plan(volume).segment()
     return result.labels, time.perf_counter() - t0
 
 
@@ -140,12 +138,14 @@ def main() -> None:
     volume, truth = ph.volume, ph.labels
     model = load_model(bundled_model_path())
     n = len(model.phases)
-    predictor = Predictor(model, device=args.device, precision=args.precision)
+    segmenter = Segmenter(model, InferenceConfig(device=args.device, precision=args.precision))
+    predictor = segmenter.predictor
+    assert isinstance(predictor, Predictor)
     vox = volume.size
     out: dict = {
         "shape": list(volume.shape),
-        "device": str(predictor.device),
-        "precision": predictor.precision_name,
+        "device": str(segmenter.device),
+        "precision": segmenter.precision_name,
         "machine": machine(),
         "modes": {},
     }
@@ -158,9 +158,9 @@ def main() -> None:
     out.update(peak_fp32_flops=peak32, peak_bf16_flops=peak16, flops_per_voxel=fpv)
 
     # Ours and MONAI alternate on chunks of slices, so that a change in machine load (this CPU is
-    # shared) hits both alike; the grey range is computed once, as iter_segment does, and timed.
+    # shared) hits both alike; the grey range is computed once, as Segmenter.plan does, and timed.
     t0 = time.perf_counter()
-    # what iter_segment does first: ring removal as the model asks (a lazy view; finding the axis
+    # what Segmenter.plan does first: ring removal as the model asks (a lazy view; finding the axis
     # is timed here, each slice's correction inside ours), then the grey range
     prepared = model.normalization.prepare(volume)
     t_rings = time.perf_counter() - t0
@@ -169,11 +169,13 @@ def main() -> None:
     # The model's own slice mode (2D, or 2.5D with neighbouring slices as channels). Ours runs
     # block by block over the whole volume; after each block MONAI segments the same slices.
     mode = "2.5d" if model.config.in_channels > 1 else "2d"
-    cfg = InferenceConfig(mode=mode, block=max(1, args.chunk))
-    run_to_completion(iter_segment(prepared[:8], predictor, cfg, grey_range=grey))  # warm-up
+    slices = segmenter.with_options(mode=mode, block=max(1, args.chunk))
+    slices.plan(prepared[:8], grey_range=grey).segment()  # warm-up
     mlabels = np.empty(volume.shape, np.uint8)
     sec, msec = t_grey, 0.0
-    gen = iter_segment(prepared, predictor, cfg, grey_range=grey)
+    t0 = time.perf_counter()
+    gen = slices.plan(prepared, grey_range=grey).run()
+    sec += time.perf_counter() - t0
     while True:
         t0 = time.perf_counter()
         try:
@@ -223,7 +225,7 @@ def main() -> None:
 
     if "2d-3axes" not in args.skip:
         log("ours, 2d-3axes ...")
-        labels3, sec3 = run_ours(volume, predictor, InferenceConfig(mode="2d-3axes"))
+        labels3, sec3 = run_ours(volume, segmenter.with_options(mode="2d-3axes"))
         mv3 = vox / sec3 / 1e6
         jm3, jp3 = mean_jaccard(labels3, truth, n)
         out["modes"]["2d-3axes"] = {
@@ -241,12 +243,15 @@ def main() -> None:
         m3 = TomosegModel(
             net3, model.phases, defaults=InferenceDefaults(mode="3d", tile=64, overlap=16)
         )
-        p3 = Predictor(m3, device=args.device, precision=args.precision)
+        seg3 = Segmenter(
+            m3, InferenceConfig(mode="3d", device=args.device, precision=args.precision)
+        )
         s = args.size_3d
         v3 = np.ascontiguousarray(volume[:, :s, :s])
         log(f"random 3D net (F=8), 3d mode on {v3.shape} ...")
-        _, sec3d = run_ours(v3, p3, InferenceConfig(mode="3d"))
-        fpv3 = flops_per_voxel(p3.network, (1, 1, 64, 64, 64))
+        _, sec3d = run_ours(v3, seg3)
+        assert isinstance(seg3.predictor, Predictor)
+        fpv3 = flops_per_voxel(seg3.predictor.network, (1, 1, 64, 64, 64))
         mv3d = v3.size / sec3d / 1e6
         out["modes"]["3d"] = {
             "shape": list(v3.shape),

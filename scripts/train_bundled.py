@@ -38,8 +38,7 @@ from napari_tomoseg.core.model import (
 from napari_tomoseg.core.phantom.composite import PhantomConfig, make_phantom, random_config
 from napari_tomoseg.core.phases import COMPOSITE_PHASES
 from napari_tomoseg.core.prep.intensity import Normalization, apply_range
-from napari_tomoseg.core.progress import run_to_completion
-from napari_tomoseg.core.segment import InferenceConfig, Predictor, iter_segment
+from napari_tomoseg.core.segment import InferenceConfig, Segmenter
 
 log = logging.getLogger("train_bundled")
 
@@ -146,8 +145,8 @@ def main() -> None:
 
     def validate(network: torch.nn.Module) -> np.ndarray:
         model = TomosegModel(network, COMPOSITE_PHASES, norm, defaults)
-        pred = Predictor(model, device="cpu", precision="fp32")
-        res = run_to_completion(iter_segment(val.volume, pred, InferenceConfig()))
+        segmenter = Segmenter(model, InferenceConfig(device="cpu", precision="fp32"))
+        res = segmenter.plan(val.volume).segment()
         return jaccard_per_phase(res.labels, val.labels, 3)
 
     tcfg = TrainConfig(

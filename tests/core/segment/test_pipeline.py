@@ -34,7 +34,7 @@ def _model(mode: str = "2d", ndim: int = 2, in_channels: int = 1) -> TomosegMode
     torch.manual_seed(0)
     net = ModularUNet(UNetConfig(ndim=ndim, in_channels=in_channels, base_filters=2))
     return TomosegModel(
-        net, COMPOSITE_PHASES, defaults=InferenceDefaults(mode=mode, tile=16, overlap=8)
+        net, COMPOSITE_PHASES, defaults=InferenceDefaults(mode=mode, tile=32, overlap=8)
     )
 
 
@@ -42,9 +42,14 @@ def _model(mode: str = "2d", ndim: int = 2, in_channels: int = 1) -> TomosegMode
 CASES = {
     "2d-z": ("2d", 2, 1, {"block": 3}),
     "2d-y": ("2d", 2, 1, {"block": 5, "axis": "y"}),
-    "2.5d": ("2.5d", 2, 3, {"block": 4}),
+    "2.5d": ("2.5d", 2, 3, {"block": 3}),
     "2d-3axes": ("2d", 2, 1, {"mode": "2d-3axes", "block": 4}),
-    "2d-3axes-blend": ("2d", 2, 1, {"mode": "2d-3axes", "stitch": "blend", "block": 12}),
+    "2d-3axes-blend": (
+        "2d",
+        2,
+        1,
+        {"mode": "2d-3axes", "stitch": "blend", "block": 16, "tile": 64},
+    ),
     "2d-blend": ("2d", 2, 1, {"stitch": "blend", "block": 4}),
     "3d": ("3d", 3, 1, {"block": 4}),
 }
@@ -55,10 +60,11 @@ def test_compute_of_a_region_is_what_run_stores_there(case):
     mode, ndim, k, changes = CASES[case]
     model = _model(mode, ndim, k)
     rng = np.random.default_rng(1)
-    volume = rng.integers(0, 255, (10, 20, 24)).astype(np.uint8)
+    volume = rng.integers(0, 255, (8, 20, 24)).astype(np.uint8)
     mask = np.ones(volume.shape, bool)
     mask[:, :3] = False
-    seg = Segmenter(model, InferenceConfig(device="cpu", precision="fp32", **changes))
+    config = InferenceConfig(device="cpu", precision="fp32", batch_size=8, **changes)
+    seg = Segmenter(model, config)
     plan = seg.plan(volume, mask=mask, probabilities=True)
     assert len(plan.regions) > 1, "the case must have several regions"
     probs = np.zeros((3, *volume.shape), np.float16)
@@ -137,7 +143,8 @@ def test_iter_segment_with_a_plain_callable_reports_custom():
     def predict(batch):
         return np.full((len(batch), 3, *batch.shape[2:]), 1 / 3, np.float32)
 
-    gen = iter_segment(np.zeros((2, 16, 16), np.uint8), predict, model=_model())
+    volume = np.random.default_rng(5).integers(0, 255, (2, 16, 16)).astype(np.uint8)
+    gen = iter_segment(volume, predict, model=_model())
     result = run_to_completion(gen)
     assert (result.device, result.precision) == ("custom", "custom")
 
