@@ -164,7 +164,7 @@ class PhaseFractions:
     @property
     def volumes(self) -> npt.NDArray[np.float64]:
         """(C,) volume of each phase in ``units.volume``."""
-        return self.counts[1:] * self.units.voxel_volume
+        return np.asarray(self.counts[1:] * self.units.voxel_volume, dtype=np.float64)
 
     def to_rows(self) -> list[dict[str, Any]]:
         """One dict per phase: id, voxels, fraction (of 1), volume with its unit in the key, and
