@@ -277,9 +277,9 @@ def iter_fibre_orientation(
     total = sums.sum(axis=0)
     whole = tensor(total)
     if total[0] > 0:
-        w, v = np.linalg.eigh(whole)
-        eigenvalues = np.asarray(w[::-1], dtype=np.float64)
-        principal = np.asarray(v[:, -1], dtype=np.float64)
+        evals, evecs = np.linalg.eigh(whole)
+        eigenvalues = np.asarray(evals[::-1], dtype=np.float64)
+        principal = np.asarray(evecs[:, -1], dtype=np.float64)
         sign = next((float(np.sign(c)) for c in principal if abs(c) > 1e-12), 1.0)
         principal = principal * sign
     else:
