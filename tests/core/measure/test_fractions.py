@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from napari_tomoseg.core.measure import fractions as fr
-from napari_tomoseg.core.measure.fractions import iter_phase_fractions, phase_fractions
+from napari_tomoseg.core.measure.fractions import iter_fractions, measure_fractions
 from napari_tomoseg.core.phases import COMPOSITE_PHASES, PhaseTable
 from napari_tomoseg.core.progress import Cancelled, CancelToken
 
@@ -35,7 +35,7 @@ def test_counts_and_profile_are_exact(axis, slab, monkeypatch):
     monkeypatch.setattr(fr, "SLAB_VOXELS", 17 * 11 * 5)  # several slabs, last one partial
     lab = _labels()
     mask = np.random.default_rng(1).random(lab.shape) < 0.6
-    res = phase_fractions(
+    res = measure_fractions(
         lab, phases=COMPOSITE_PHASES, mask=mask, axis=axis, slab=slab, voxel_size="2,1,0.5um"
     )
     assert res.counts.tolist() == np.bincount(lab.ravel(), minlength=4).tolist()
@@ -56,7 +56,7 @@ def test_counts_and_profile_are_exact(axis, slab, monkeypatch):
 def test_many_phases_use_the_same_exact_counts():
     phases = PhaseTable.from_names([f"p{i}" for i in range(12)])
     lab = _labels(high=13)
-    res = phase_fractions(lab, phases=phases, axis="y")
+    res = measure_fractions(lab, phases=phases, axis="y")
     assert res.counts.tolist() == np.bincount(lab.ravel(), minlength=13).tolist()
     assert res.profile.counts.sum(axis=0).tolist() == res.counts.tolist()
 
@@ -65,7 +65,7 @@ def test_streams_from_zarr_and_reports_progress(tmp_path):
     lab = _labels((40, 16, 16))
     z = zarr.create_array(tmp_path / "l.zarr", shape=lab.shape, chunks=(8, 16, 16), dtype=np.uint8)
     z[:] = lab
-    gen = iter_phase_fractions(z, phases=COMPOSITE_PHASES, axis="z")
+    gen = iter_fractions(z, phases=COMPOSITE_PHASES, axis="z")
     events = []
     try:
         while True:
@@ -81,7 +81,7 @@ def test_streams_from_zarr_and_reports_progress(tmp_path):
 def test_results_are_json_ready_with_units_and_empty_notes():
     lab = np.ones((4, 4, 4), np.uint8)
     lab[0] = 0  # an unlabelled slice
-    res = phase_fractions(lab, phases=COMPOSITE_PHASES, voxel_size=2.0)
+    res = measure_fractions(lab, phases=COMPOSITE_PHASES, voxel_size=2.0)
     text = json.dumps(res.to_dict(), allow_nan=False)
     assert "NaN" not in text
     rows = res.to_rows()
@@ -90,26 +90,26 @@ def test_results_are_json_ready_with_units_and_empty_notes():
     prof = res.profile.to_rows()
     assert prof[0]["matrix fraction"] is None and prof[0]["note"]
     assert "position z (µm)" in prof[0]
-    nocal = phase_fractions(lab, phases=COMPOSITE_PHASES)
+    nocal = measure_fractions(lab, phases=COMPOSITE_PHASES)
     assert "volume (voxel³)" in nocal.to_rows()[0]
 
 
 def test_bad_input_is_refused():
     lab = _labels()
     with pytest.raises(ValueError, match="not integer phase ids"):
-        phase_fractions(lab.astype(np.float32), phases=COMPOSITE_PHASES)
+        measure_fractions(lab.astype(np.float32), phases=COMPOSITE_PHASES)
     with pytest.raises(ValueError, match=r"ids .*phase table"):
-        phase_fractions(lab + 1, phases=COMPOSITE_PHASES)
+        measure_fractions(lab + 1, phases=COMPOSITE_PHASES)
     with pytest.raises(ValueError, match="mask"):
-        phase_fractions(lab, phases=COMPOSITE_PHASES, mask=np.ones((2, 2, 2), bool))
+        measure_fractions(lab, phases=COMPOSITE_PHASES, mask=np.ones((2, 2, 2), bool))
     with pytest.raises(ValueError, match="axis"):
-        phase_fractions(lab, phases=COMPOSITE_PHASES, axis="w")
+        measure_fractions(lab, phases=COMPOSITE_PHASES, axis="w")
     with pytest.raises(ValueError, match="voxel size"):
-        phase_fractions(lab, phases=COMPOSITE_PHASES, voxel_size="0")
+        measure_fractions(lab, phases=COMPOSITE_PHASES, voxel_size="0")
 
 
 def test_cancel_stops():
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):
-        phase_fractions(_labels(), phases=COMPOSITE_PHASES, cancel=token)
+        measure_fractions(_labels(), phases=COMPOSITE_PHASES, cancel=token)

@@ -6,7 +6,7 @@ import numpy as np
 import porespy as ps
 import pytest
 
-from napari_tomoseg.core.measure.fractions import phase_fractions
+from napari_tomoseg.core.measure.fractions import measure_fractions
 from napari_tomoseg.core.measure.thickness import local_thickness
 from napari_tomoseg.core.phases import PhaseTable
 
@@ -22,7 +22,7 @@ def _labels(shape, porosity, blobiness, seed):
 @pytest.mark.parametrize("span", [1, 5])
 def test_porosity_profile_is_identical(axis, span):
     void, lab = _labels((40, 50, 60), 0.4, 1.5, seed=2)
-    ours = phase_fractions(lab, phases=PHASES, axis=axis, slab=span, voxel_size=1.3).profile
+    ours = measure_fractions(lab, phases=PHASES, axis=axis, slab=span, voxel_size=1.3).profile
     theirs = ps.metrics.porosity_profile(void, axis=axis, span=span, voxel_size=1.3)
     n = len(theirs.porosity)  # PoreSpy drops a last, thinner slab; ours keeps it
     assert np.array_equal(ours.fractions[:n, 1], theirs.porosity)

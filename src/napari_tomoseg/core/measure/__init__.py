@@ -29,3 +29,60 @@ __all__ = [
     "mean_jaccard",
     "phase_fractions",
 ]
+
+# Measures of a segmentation (no reference needed): fractions and profiles (streaming), objects,
+# local thickness, fibre orientation, surfaces; units. Each has an ``iter_*`` generator (progress,
+# cancel) and a plain wrapper that runs it to the end.
+from napari_tomoseg.core.measure.fractions import (
+    PhaseFractions,
+    PhaseProfile,
+    iter_fractions,
+    measure_fractions,
+)
+from napari_tomoseg.core.measure.inputs import MeasureProgress
+from napari_tomoseg.core.measure.objects import (
+    ObjectTable,
+    SizeDistribution,
+    iter_objects,
+    measure_objects,
+)
+from napari_tomoseg.core.measure.orientation import (
+    FibreOrientation,
+    fibre_orientation,
+    iter_fibre_orientation,
+)
+from napari_tomoseg.core.measure.surfaces import (
+    SurfaceAreas,
+    iter_surface_areas,
+    surface_areas,
+)
+from napari_tomoseg.core.measure.thickness import (
+    LocalThickness,
+    iter_local_thickness,
+    local_thickness,
+)
+from napari_tomoseg.core.measure.units import Units, parse_axis, parse_voxel_size
+
+__all__ += [
+    "FibreOrientation",
+    "LocalThickness",
+    "MeasureProgress",
+    "ObjectTable",
+    "PhaseFractions",
+    "PhaseProfile",
+    "SizeDistribution",
+    "SurfaceAreas",
+    "Units",
+    "fibre_orientation",
+    "iter_fibre_orientation",
+    "iter_fractions",
+    "iter_local_thickness",
+    "iter_objects",
+    "iter_surface_areas",
+    "local_thickness",
+    "measure_fractions",
+    "measure_objects",
+    "parse_axis",
+    "parse_voxel_size",
+    "surface_areas",
+]

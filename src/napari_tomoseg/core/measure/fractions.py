@@ -31,7 +31,7 @@ from napari_tomoseg.core.measure.units import AXES, Units, parse_axis
 from napari_tomoseg.core.phases import PhaseTable
 from napari_tomoseg.core.progress import CancelToken, run_to_completion
 
-__all__ = ["PhaseFractions", "PhaseProfile", "iter_phase_fractions", "phase_fractions"]
+__all__ = ["PhaseFractions", "PhaseProfile", "iter_fractions", "measure_fractions"]
 
 #: Voxels read per slab (about 32 MiB of uint8): big enough that per-slab overhead vanishes,
 #: small enough that two slabs in flight (one read ahead) stay far below the 1 GB target.
@@ -203,7 +203,7 @@ class PhaseFractions:
         return out
 
 
-def iter_phase_fractions(
+def iter_fractions(
     labels: Any,
     *,
     phases: PhaseTable,
@@ -317,16 +317,16 @@ def iter_phase_fractions(
     )
 
 
-def phase_fractions(labels: Any, *, phases: PhaseTable, **options: Any) -> PhaseFractions:
-    """Run :func:`iter_phase_fractions` to the end and return its result (same options).
+def measure_fractions(labels: Any, *, phases: PhaseTable, **options: Any) -> PhaseFractions:
+    """Run :func:`iter_fractions` to the end and return its result (same options).
 
     Examples
     --------
     >>> labels = np.array([[[1, 1, 2, 0]]], np.uint8)
-    >>> phase_fractions(labels, phases=PhaseTable.from_names(["a", "b"])).fractions
+    >>> measure_fractions(labels, phases=PhaseTable.from_names(["a", "b"])).fractions
     array([0.66666667, 0.33333333])
     """
-    return run_to_completion(iter_phase_fractions(labels, phases=phases, **options))
+    return run_to_completion(iter_fractions(labels, phases=phases, **options))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,165 @@
+"""Benchmark of the measurement core against PoreSpy / scikit-image on the same input.
+
+A 128³ phantom's ground-truth labels, tiled 8x8x8 with flips into a 1024³ uint8 zarr (written once to
+a temporary folder) -> fractions + z-profile streamed from it, in a fresh process so that its peak
+RSS is the whole process's -> a 256³ phantom -> orientation, local thickness, objects, surfaces,
+and PoreSpy's porosity_profile, local_thickness, regionprops_3D doing the same work.
+
+Run by hand: ``python benchmarks/measure.py`` (several minutes). Prints progress to stderr and one
+JSON line to stdout. On a shared machine the timings vary with the load (see ``load_average``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# This folder holds a benchmark called dask.py, which would shadow the dask package PoreSpy imports.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def write_tiled(path: Path, side: int = 1024) -> None:
+    import zarr
+
+    from napari_tomoseg.core.phantom import PhantomConfig, make_phantom
+
+    tile = make_phantom(PhantomConfig(shape=(128, 128, 128)), seed=0).labels
+    n = side // 128
+    z = zarr.create_array(path, shape=(side,) * 3, chunks=(128,) * 3, dtype=np.uint8)
+    for i in range(n):
+        slab = np.empty((128, side, side), np.uint8)
+        for j in range(n):
+            for k in range(n):
+                t = tile
+                for axis, flip in enumerate((i, j, k)):
+                    if flip % 2:  # mirror every other tile so that neighbours differ
+                        t = np.flip(t, axis)
+                slab[:, j * 128 : (j + 1) * 128, k * 128 : (k + 1) * 128] = t
+        z[i * 128 : (i + 1) * 128] = slab
+
+
+def child_fractions(path: str) -> None:
+    import zarr
+
+    from napari_tomoseg.core.measure.fractions import measure_fractions
+    from napari_tomoseg.core.phases import COMPOSITE_PHASES
+
+    z = zarr.open_array(path, mode="r")
+    t = time.perf_counter()
+    res = measure_fractions(z, phases=COMPOSITE_PHASES, axis="z", voxel_size=1.3)
+    dt = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    print(
+        json.dumps(
+            {
+                "seconds": dt,
+                "voxels": int(np.prod(z.shape)),
+                "rss_gb": rss,
+                "fractions": res.fractions.tolist(),
+            }
+        )
+    )
+
+
+def child_porespy_profile(path: str) -> None:
+    import porespy as ps
+    import zarr
+
+    void = zarr.open_array(path, mode="r")[:] == 3
+    t = time.perf_counter()
+    ps.metrics.porosity_profile(void, axis=0)
+    dt = time.perf_counter() - t
+    print(json.dumps({"seconds": dt, "voxels": int(void.size)}))
+
+
+def run_child(func: str, path: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, func, path], check=True, capture_output=True, text=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def timed(f, *args, **kwargs):
+    t = time.perf_counter()
+    value = f(*args, **kwargs)
+    return time.perf_counter() - t, value
+
+
+def main() -> None:
+    import porespy as ps
+    from scipy import ndimage
+    from skimage.feature import structure_tensor, structure_tensor_eigenvalues
+
+    from napari_tomoseg.core.measure.objects import measure_objects
+    from napari_tomoseg.core.measure.orientation import fibre_orientation
+    from napari_tomoseg.core.measure.surfaces import surface_areas
+    from napari_tomoseg.core.measure.thickness import local_thickness
+    from napari_tomoseg.core.phantom import PhantomConfig, make_phantom
+    from napari_tomoseg.core.phases import COMPOSITE_PHASES as P
+
+    result: dict = {
+        "benchmark": "measure",
+        "cores": os.cpu_count(),
+        "load_average": os.getloadavg()[0],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "labels.zarr"
+        log("writing the 1024³ tiled phantom labels")
+        write_tiled(path)
+        log("fractions + profile (fresh process)")
+        ours = run_child("--child-fractions", str(path))
+        result["fractions_profile_mvox_per_s"] = ours["voxels"] / ours["seconds"] / 1e6
+        result["fractions_profile_peak_rss_gb"] = ours["rss_gb"]
+        log("PoreSpy porosity_profile (fresh process, array loaded before timing)")
+        theirs = run_child("--child-porespy-profile", str(path))
+        result["porespy_porosity_profile_mvox_per_s"] = theirs["voxels"] / theirs["seconds"] / 1e6
+
+    log("256³ phantom")
+    lab = make_phantom(PhantomConfig(shape=(256, 256, 256)), seed=1).labels
+    n = lab.size
+    t, _ = timed(fibre_orientation, lab, "fibre", phases=P)
+    result["orientation_mvox_per_s"] = n / t / 1e6
+    fibre = (lab == 2).astype(np.float32)
+    t, _ = timed(lambda: structure_tensor_eigenvalues(structure_tensor(fibre, sigma=4.0)))
+    result["skimage_structure_tensor_eigenvalues_mvox_per_s"] = n / t / 1e6
+    log("local thickness")
+    for name in ("pore", "fibre"):
+        t, res = timed(local_thickness, lab, name, phases=P)
+        result[f"thickness_{name}_seconds"] = t
+        inside = lab == P.id_of(name)
+        t2, lt = timed(ps.filters.local_thickness, inside)
+        result[f"porespy_local_thickness_{name}_seconds"] = t2
+        result[f"thickness_{name}_mean_vs_porespy"] = res.mean / (2 * float(lt[inside].mean()))
+    result["thickness_seconds"] = result["thickness_pore_seconds"]
+    log("objects")
+    t, table = timed(measure_objects, lab, "pore", phases=P)
+    result["objects_seconds"] = t
+    result["objects_count"] = len(table)
+    pores, _ = ndimage.label(lab == 3, structure=np.ones((3, 3, 3)))
+    t, _ = timed(ps.metrics.regionprops_3D, pores)
+    result["porespy_regionprops_3d_seconds"] = t
+    log("surfaces")
+    t, _ = timed(surface_areas, lab, phases=P)
+    result["surfaces_seconds"] = t
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child-fractions":
+        child_fractions(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "--child-porespy-profile":
+        child_porespy_profile(sys.argv[2])
+    else:
+        main()
