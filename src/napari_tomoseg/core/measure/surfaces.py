@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
-from skimage.measure import marching_cubes, mesh_surface_area
 
 from napari_tomoseg.core.measure.inputs import (
     MeasureProgress,
@@ -160,6 +159,9 @@ def iter_surface_areas(
     -------
     SurfaceAreas
     """
+    # Imported here: scikit-image's measure module is slow to import and only this measure needs it.
+    from skimage.measure import marching_cubes, mesh_surface_area
+
     shape = check_labels(labels)
     units = Units.of(voxel_size)
     if not (math.isfinite(smoothing) and smoothing >= 0):
