@@ -50,6 +50,25 @@ def write_tiled(path: Path, side: int = 1024) -> None:
         z[i * 128 : (i + 1) * 128] = slab
 
 
+def reset_peak_rss() -> None:
+    """Forget the peak RSS inherited through fork (Linux keeps the parent's high-water mark)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident set size in GiB (VmHWM, else ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def child_fractions(path: str) -> None:
     import zarr
 
@@ -60,7 +79,7 @@ def child_fractions(path: str) -> None:
     t = time.perf_counter()
     res = measure_fractions(z, phases=COMPOSITE_PHASES, axis="z", voxel_size=1.3)
     dt = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    rss = peak_rss_gb()
     print(
         json.dumps(
             {
@@ -157,6 +176,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1].startswith("--child"):
+        reset_peak_rss()
     if len(sys.argv) == 3 and sys.argv[1] == "--child-fractions":
         child_fractions(sys.argv[2])
     elif len(sys.argv) == 3 and sys.argv[1] == "--child-porespy-profile":

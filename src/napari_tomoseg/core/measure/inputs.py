@@ -59,7 +59,8 @@ def check_labels(labels: Any, name: str = "labels") -> tuple[int, int, int]:
     shape = tuple(int(s) for s in np.shape(labels))
     if len(shape) != 3:
         raise ValueError(f"the {name} must be a 3D volume (z, y, x), got shape {shape}")
-    dtype = np.dtype(getattr(labels, "dtype", np.asarray(labels).dtype))
+    # not getattr(labels, "dtype", np.asarray(labels).dtype): the default would read a lazy volume
+    dtype = np.dtype(labels.dtype if hasattr(labels, "dtype") else np.asarray(labels).dtype)
     if not (np.issubdtype(dtype, np.integer) or dtype == np.bool_):
         raise ValueError(
             f"the {name} hold {dtype} values, not integer phase ids; load a label volume "
