@@ -4,6 +4,8 @@ prediction + reference (0 = ignore) -> :mod:`.metrics` (confusion matrix, per-ph
 accumulator over slabs) -> :mod:`.evaluate` (slab by slab, grey-level :mod:`.baseline` alongside)
 -> :mod:`.report` (fractions, volumes, scores as JSON / CSV / text); :mod:`.blobs` finds ring-artifact
 blobs and small objects, :mod:`.uncertainty` ranks slices to annotate next.
+labels (no reference) -> :mod:`.fractions`, :mod:`.objects`, :mod:`.thickness`, :mod:`.orientation`,
+:mod:`.surfaces` (in :mod:`.units`; checks in :mod:`.inputs`) -> :mod:`.measurements` (all in one run).
 
 May import: :mod:`napari_tomoseg.core.phases`, :mod:`napari_tomoseg.core.progress`, the io, prep,
 model and segment rooms; numpy, scipy. Never the learn room (learn uses :mod:`.metrics`, not the
