@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "demo",
     "segment",
     "evaluate",
+    "measure",
     "synth",
     "info",
     "clean",

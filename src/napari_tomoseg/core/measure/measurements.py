@@ -182,14 +182,10 @@ def _resolve(phases: PhaseTable, names: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def orientation_phases(
-    phases: PhaseTable, selected: Sequence[str], given: Sequence[str] = ()
-) -> tuple[str, ...]:
-    """The phases whose fibre orientation is measured: the fibre phase (named as in
-    :data:`FIBRE_NAMES`) when it is among ``selected`` (every phase when empty), else the phases the
-    user ``given`` by name, else none."""
-    pool = selected or phases.names
-    fibre = [n for n in pool if n.lower() in FIBRE_NAMES]
+def orientation_phases(phases: PhaseTable, given: Sequence[str] = ()) -> tuple[str, ...]:
+    """The phases whose fibre orientation is measured: the phase named as in :data:`FIBRE_NAMES`
+    when the table has one, else the phases the user ``given`` by name, else none."""
+    fibre = [n for n in phases.names if n.lower() in FIBRE_NAMES]
     if fibre:
         return (fibre[0],)
     return _resolve(phases, given)
@@ -659,7 +655,7 @@ def iter_measurements(
         oriented = (
             _resolve(phases, options.orientation)
             if options.orientation is not None
-            else orientation_phases(phases, selected if options.phases else (), options.phases)
+            else orientation_phases(phases, options.phases)
         )
         if not oriented:
             notes.append(
