@@ -203,3 +203,30 @@ def test_ids_outside_the_phase_table_fail_with_a_notification(
     assert widget.run()
     assert wait_job(widget.runner) is JobState.FAILED
     assert "ids" in errors[-1] and widget.result is None
+
+
+def test_zarr_backed_labels_stream_and_skip_in_memory_measures(
+    sample_viewer, small_phantom, widget, wait_job, tmp_path, monkeypatch
+):
+    import zarr
+
+    from napari_tomoseg.core.measure import objects
+
+    _, truth = small_phantom
+    store = zarr.create_array(
+        tmp_path / "labels.zarr", shape=truth.shape, chunks=(4, 64, 64), dtype="u1"
+    )
+    store[:] = truth
+    # a budget this volume is over: objects and local thickness would hold it in memory
+    monkeypatch.setattr(objects, "DEFAULT_MAX_MEMORY", truth.size)
+    layer = sample_viewer.add_labels(store, name="prediction")
+    apply_phases(layer, COMPOSITE_PHASES)
+    assert widget.labels_layer.layer is layer
+    assert not widget.checks["objects"].value and not widget.checks["thickness"].value
+    assert "budget" in widget.checks["objects"].tooltip
+    assert widget.what() == ("fractions", "profile", "orientation", "surface")
+    assert widget.run()
+    assert wait_job(widget.runner) is JobState.DONE
+    counts = np.bincount(truth.ravel(), minlength=4)
+    assert widget.result.fractions.counts.tolist() == counts.tolist()
+    assert widget.result.objects == {} and widget.result.surfaces is not None
