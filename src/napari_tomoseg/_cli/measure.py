@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
         folder.mkdir(exist_ok=True)  # its parent was checked to exist
         written = write_csvs(result, folder, stem=stem, overwrite=args.overwrite)
     if args.json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False, allow_nan=False))
+        print(json.dumps(result.to_dict(), allow_nan=False))
     else:
         print(result.summary_text())
         if written:
