@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from napari_tomoseg.core.model.modes import TrainMode, finetuned_mode
+from napari_tomoseg.core.model.modes import AXIS_NAMES, TrainMode, finetuned_mode
 from napari_tomoseg.core.phases import PhaseTable
 from napari_tomoseg.core.progress import CancelToken, run_to_completion
 
@@ -327,7 +327,7 @@ def plan_finetune(
     plane = [s for a, s in enumerate(ann.shape) if a != axis]
     if min(plane) < MIN_PLANE:
         raise ValueError(
-            f"slices along {'zyx'[axis]} are {plane[0]}x{plane[1]} voxels; training needs at least "
+            f"slices along {AXIS_NAMES[axis]} are {plane[0]}x{plane[1]} voxels; training needs at least "
             f"{MIN_PLANE}x{MIN_PLANE}: annotate slices along another axis (FinetuneConfig.axis)"
         )
     crop = config.crop
@@ -498,7 +498,7 @@ def _initial_model(base: Any, plan: FinetunePlan, config: FinetuneConfig) -> Any
             base_filters=config.base_filters,
         )
         torch.manual_seed(config.seed)
-        axis = "zyx"[plan.axis]
+        axis = AXIS_NAMES[plan.axis]
         return TomosegModel(
             ModularUNet(cfg),
             plan.phases,
@@ -654,7 +654,7 @@ def iter_finetune(
         "fine_tuned_from": _describe_base(base),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "data_shape": list(np.shape(volume)),
-        "annotation_axis": "zyx"[plan.axis],
+        "annotation_axis": AXIS_NAMES[plan.axis],
         "annotated_slices": len(set(plan.train_slices) | set(plan.validation_slices)),
         "train_slices": list(plan.train_slices),
         "validation": plan.validation,

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from napari_tomoseg.core.model.modes import AXIS_NAMES
 from napari_tomoseg.core.segment.outputs import entropy
 
 __all__ = [
@@ -205,10 +206,10 @@ def volume_uncertainty(
         return np.asarray(result.labels)
 
     if mode != "2d-3axes":
-        run(mode, "zyx"[axis] if mode in ("2d", "2.5d") else model.defaults.axis)
+        run(mode, AXIS_NAMES[axis] if mode in ("2d", "2.5d") else model.defaults.axis)
         return entropy(probs)
     labels, mean = [], np.zeros_like(probs)
-    for ax in "zyx":
+    for ax in AXIS_NAMES:
         labels.append(run("2d", ax))
         mean += probs / 3
     return np.float32(0.5) * (entropy(mean) + disagreement(labels))
