@@ -43,6 +43,7 @@ from napari_tomoseg._napari.notify import notify_error, notify_info, notify_warn
 from napari_tomoseg._napari.outputs import choose_folder, choose_input_file
 from napari_tomoseg._napari.state import state_for
 from napari_tomoseg._napari.tables import PhaseTableView
+from napari_tomoseg.core.model.modes import AXIS_NAMES
 from napari_tomoseg.core.phases import DEFAULT_COLOURS, Phase, PhaseTable
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ __all__ = [
 
 ANNOTATIONS = "annotations"
 PREDICTION = "prediction"
-AXES = ("z", "y", "x")
+
 NOT_ANNOTATED = "not annotated"
 #: Painting is quiet for this long before the annotations are saved / recounted.
 AUTOSAVE_DELAY_MS = 1500
@@ -130,7 +131,7 @@ class AnnotateWidget(Container):
             tooltip="The volume to annotate",
             accept=lambda ly: ly.ndim == 3 and not getattr(ly, "rgb", False),
         )
-        self.axis = ComboBox(label="Slice axis", choices=list(AXES), value="z")
+        self.axis = ComboBox(label="Slice axis", choices=list(AXIS_NAMES), value="z")
         self.create = PushButton(text="Create / restore annotations layer")
         self.table = PhaseTableView(self.phases)
         self.add_phase = PushButton(text="Add phase")
@@ -382,7 +383,7 @@ class AnnotateWidget(Container):
         if layer is None:
             return
         data = layer.data
-        axis = AXES.index(self.axis.value)
+        axis = AXIS_NAMES.index(self.axis.value)
         n = len(self.phases)
 
         def count() -> tuple[np.ndarray, np.ndarray]:
@@ -492,7 +493,7 @@ class AnnotateWidget(Container):
                 f"{tuple(layer.data.shape)}: segment this image first"
             )
             return 0
-        axis = AXES.index(self.axis.value)
+        axis = AXIS_NAMES.index(self.axis.value)
         _, index = current_slice(self.viewer, axis)
         where: list[Any] = [slice(None)] * 3
         where[axis] = index
@@ -516,7 +517,7 @@ class AnnotateWidget(Container):
         self._schedule()
         n = int(take.sum())
         self.controls.status.value = (
-            f"Copied {n:,} voxels of the prediction into {AXES[axis]}={index}"
+            f"Copied {n:,} voxels of the prediction into {AXIS_NAMES[axis]}={index}"
         )
         return n
 
@@ -601,7 +602,7 @@ class AnnotateWidget(Container):
                 "No uncertainty for this volume: segment it first with 'Uncertainty layer' checked"
             )
             return False
-        axis = AXES.index(self.axis.value)
+        axis = AXIS_NAMES.index(self.axis.value)
         ann = layer.data
 
         def job(token: Any) -> Generator[None, None, Any]:
@@ -618,7 +619,7 @@ class AnnotateWidget(Container):
                 return
             self.viewer.dims.set_current_step(axis, best[0].index)
             self.controls.status.value = (
-                f"Most uncertain unannotated slice: {AXES[axis]}={best[0].index} "
+                f"Most uncertain unannotated slice: {AXIS_NAMES[axis]}={best[0].index} "
                 f"(mean uncertainty {best[0].score:.2f})"
             )
 

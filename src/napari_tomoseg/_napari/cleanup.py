@@ -21,6 +21,7 @@ from napari_tomoseg._napari.jobs import JobControls, JobRunner
 from napari_tomoseg._napari.layers import LayerPicker, geometry, layer_phases
 from napari_tomoseg._napari.notify import notify_error, notify_info
 from napari_tomoseg._napari.state import state_for
+from napari_tomoseg.core.model.modes import AXIS_NAMES
 from napari_tomoseg.core.phases import PhaseTable
 
 if TYPE_CHECKING:
@@ -37,7 +38,6 @@ _SELECTION_COLOUR = "#ff00ff"
 _SURROUNDING = "(surrounding phase)"
 _SELECTED = (1.0, 0.0, 1.0, 1.0)
 _UNSELECTED = (0.3, 0.45, 0.7, 0.6)
-AXES = ("z", "y", "x")
 
 
 class BlobScatter(Container):
@@ -120,7 +120,7 @@ class CleanupWidget(Container):
             accept=lambda ly: ly.name not in (SELECTION_LAYER, "errors"),
         )
         self.phase = ComboBox(label="Phase", choices=[])
-        self.axis = ComboBox(label="Slices along", choices=list(AXES), value="z")
+        self.axis = ComboBox(label="Slices along", choices=list(AXIS_NAMES), value="z")
         self.controls = JobControls(self.runner, "Analyse")
         self.scatter = BlobScatter(self.select_polygon)
         self.min_area = SpinBox(label="Min. area (px)", min=0, max=10**9, value=50)
@@ -207,7 +207,7 @@ class CleanupWidget(Container):
             )
             return False
         phase = self.phases().id_of(self.phase.value)
-        axis = AXES.index(self.axis.value)
+        axis = AXIS_NAMES.index(self.axis.value)
         self.controls.status.value = "Finding blobs…"
 
         def make(token: Any) -> Any:

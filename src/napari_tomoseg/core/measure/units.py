@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["AXES", "Units", "parse_axis", "parse_voxel_size"]
+from napari_tomoseg.core.model.modes import AXIS_NAMES as AXES  # axis names in array order
 
-#: Axis names in array order.
-AXES = ("z", "y", "x")
+__all__ = ["AXES", "Units", "parse_axis", "parse_voxel_size"]
 
 # Micrometres per unit. Kept here rather than imported from io.metadata, whose table is private and
 # also holds ImageJ spellings that make no sense on a command line.
