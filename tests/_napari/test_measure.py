@@ -230,3 +230,12 @@ def test_zarr_backed_labels_stream_and_skip_in_memory_measures(
     counts = np.bincount(truth.ravel(), minlength=4)
     assert widget.result.fractions.counts.tolist() == counts.tolist()
     assert widget.result.objects == {} and widget.result.surfaces is not None
+    # a layer within the budget: the in-memory measures are ticked again
+    monkeypatch.undo()
+    widget.labels_layer.select("ground truth")
+    assert widget.checks["objects"].value and widget.checks["thickness"].value
+    # and a layer within the budget keeps what the user unticked
+    widget.checks["thickness"].value = False
+    widget.labels_layer.select(layer)
+    widget.labels_layer.select("ground truth")
+    assert widget.checks["objects"].value and not widget.checks["thickness"].value

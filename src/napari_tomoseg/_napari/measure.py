@@ -212,9 +212,13 @@ class MeasureWidget(Container):
         from napari_tomoseg.core.measure.objects import BYTES_PER_VOXEL, DEFAULT_MAX_MEMORY
 
         n = int(np.prod(self._data(layer).shape))
+        # local thickness keeps its figure (30 bytes per voxel at the peak) private
         for name, per_voxel in (("objects", BYTES_PER_VOXEL), ("thickness", 30)):
             over = per_voxel * n > DEFAULT_MAX_MEMORY
-            self.checks[name].value = not over
+            if over:
+                self.checks[name].value = False
+            elif self.checks[name].tooltip:  # unticked for the last layer's size: tick again
+                self.checks[name].value = True
             self.checks[name].tooltip = (
                 f"needs about {per_voxel * n / 2**30:.1f} GiB, over the "
                 f"{DEFAULT_MAX_MEMORY / 2**30:.0f} GiB budget: measure a crop"
