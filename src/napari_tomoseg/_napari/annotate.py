@@ -30,6 +30,7 @@ from napari_tomoseg._napari.autosave import (
     open_annotation_store,
     restore_annotations,
 )
+from napari_tomoseg._napari.files import source_identity
 from napari_tomoseg._napari.jobs import JobControls, JobRunner, JobState
 from napari_tomoseg._napari.layers import (
     LayerPicker,
@@ -120,6 +121,9 @@ class AnnotateWidget(Container):
         self._counter: Any = None
         self._count_request = 0
         self.autosave_folder: Path | None = None
+        # The image whose annotations the bound layer holds: saves go to its autosave only, even
+        # when another image is picked meanwhile.
+        self._source_image: Any = None
         self.last_saved: Path | None = None
         self.last_counts: dict[str, tuple[int, int]] | None = None
         self._layer: Any = None
@@ -200,7 +204,9 @@ class AnnotateWidget(Container):
         self.save_to.changed.connect(self._choose_folder)
         self.state.phases_changed.connect(self._phases_changed)
         if ANNOTATIONS in napari_viewer.layers:
-            self._bind(napari_viewer.layers[ANNOTATIONS])
+            existing = napari_viewer.layers[ANNOTATIONS]
+            self._source_image = self._image_of(existing)
+            self._bind(existing)
 
     # phase table -----------------------------------------------------------------------------
     @property
@@ -305,6 +311,11 @@ class AnnotateWidget(Container):
             return None
         assert image is not None  # check_image_layer refuses None
         shape = tuple(int(s) for s in volume.shape)
+        try:
+            source = source_identity(image)
+        except (ValueError, OSError) as err:
+            notify_error(f"Cannot annotate: {err}")
+            return None
         if ANNOTATIONS in self.viewer.layers:
             layer = self.viewer.layers[ANNOTATIONS]
             if tuple(layer.data.shape) != shape:
@@ -313,6 +324,15 @@ class AnnotateWidget(Container):
                     f"{image.name!r} has {shape}; rename or remove it first"
                 )
                 return None
+            owner = layer.metadata.get("tomoseg_source")
+            if owner is not None and owner != source.key:
+                notify_error(
+                    f"The layer {ANNOTATIONS!r} holds the annotations of another volume "
+                    f"({owner}), not of {source.description}; rename or remove it first"
+                )
+                return None
+            layer.metadata["tomoseg_source"] = source.key
+            self._source_image = image
             self._bind(layer)
             return layer
         from napari_tomoseg.core.io.labelstore import needs_store
@@ -341,10 +361,31 @@ class AnnotateWidget(Container):
                     self.state.set_phases(restored.phases)
         layer = self.viewer.add_labels(data, name=ANNOTATIONS, **geometry(image), opacity=0.7)
         layer.metadata["tomoseg_image"] = image.name
+        layer.metadata["tomoseg_source"] = source.key
+        self._source_image = image
         self._bind(layer)
         if message:
             notify_info(message)
         return layer
+
+    def _image_of(self, layer: Any) -> Any:
+        """The image layer whose annotations ``layer`` holds (by source identity), or None."""
+        from napari.layers import Image
+
+        owner = layer.metadata.get("tomoseg_source")
+        if owner is None:
+            return None
+        for image in self.viewer.layers:
+            if not isinstance(image, Image) or getattr(image, "multiscale", False):
+                continue
+            if tuple(image.data.shape) != tuple(layer.data.shape):
+                continue
+            try:
+                if source_identity(image).key == owner:
+                    return image
+            except (ValueError, OSError):
+                continue
+        return None
 
     def _bind(self, layer: Any) -> None:
         if self._layer is layer:
@@ -434,7 +475,7 @@ class AnnotateWidget(Container):
     def save_now(self) -> bool:
         """Write the annotations now (atomically, in a worker). Never replaces a file not ours."""
         layer = self._layer
-        image = self.image.layer
+        image = self._source_image if self._source_image is not None else self.image.layer
         if layer is None or image is None or layer not in self.viewer.layers:
             return False
         if self._saver.running:
@@ -443,7 +484,19 @@ class AnnotateWidget(Container):
         phases = self.phases
         if not isinstance(layer.data, np.ndarray):
             return self._save_store(layer, phases)
-        path = autosave_path(image, self.autosave_folder)
+        try:
+            owner = layer.metadata.get("tomoseg_source")
+            source = source_identity(image)
+            if owner is not None and owner != source.key:
+                raise ValueError(
+                    f"the layer {layer.name!r} holds the annotations of another volume ({owner}), "
+                    f"not of {source.description}"
+                )
+            path = autosave_path(image, self.autosave_folder)
+        except (ValueError, OSError) as err:
+            self._autosave_timer.stop()
+            notify_error(f"Annotations not saved: {err}")
+            return False
         data = np.array(layer.data, dtype=np.uint8, copy=True)
         voxel = voxel_size(layer)
 

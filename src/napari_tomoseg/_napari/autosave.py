@@ -1,13 +1,18 @@
 """Where the annotations of a volume are kept between sessions, and how they are saved and restored.
 
-image layer -> :func:`autosave_path` (``<volume file>.tomoseg-annotations.tif`` next to it, a ``.zarr``
-store for a volume too big for memory, or in ``NAPARI_TOMOSEG_AUTOSAVE_DIR``) -> :func:`restore_annotations`
-/ :func:`open_annotation_store` when the layer is created -> :func:`iter_save_annotations` (in a worker)
-after each change. A file that napari-tomoseg did not write is never replaced.
+image layer -> :func:`autosave_path` (one file per source, see
+:func:`~napari_tomoseg._napari.files.source_identity`: ``<volume file>.tomoseg-annotations.tif`` next
+to the file, a ``.zarr`` store for a volume too big for memory, or ``<name>-<key>...`` in a chosen
+folder or ``NAPARI_TOMOSEG_AUTOSAVE_DIR`` when the volume's folder is read-only or it has no file) ->
+:func:`restore_annotations` / :func:`open_annotation_store` when the layer is created (only ever the
+file of that same source; the message says what was restored and from where) ->
+:func:`iter_save_annotations` (in a worker) after each change, which also removes hidden partial files
+that an interrupted save left behind. A file that napari-tomoseg did not write is never replaced.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_tomoseg._napari.files import companion_path
+from napari_tomoseg._napari.files import companion_path, source_identity
 from napari_tomoseg._napari.layers import check_image_layer, voxel_size
 from napari_tomoseg.core.phases import PhaseTable
 
@@ -27,17 +32,31 @@ __all__ = [
     "is_ours",
     "iter_save_annotations",
     "open_annotation_store",
+    "remove_stale_partials",
     "restore_annotations",
 ]
 
 AUTOSAVE_SUFFIX = ".tomoseg-annotations.tif"
 AUTOSAVE_STORE_SUFFIX = ".tomoseg-annotations.zarr"
+#: A hidden partial autosave this old belongs to a save that died (an autosave of a volume that fits
+#: in memory takes seconds); the next save removes it.
+STALE_PARTIAL_SECONDS = 300.0
 
 
 def autosave_path(image: Any, folder: Path | None = None) -> Path:
-    """Where the annotations of ``image`` are autosaved: next to its file (``<file>.tomoseg-
-    annotations.tif``, or ``.zarr`` for a volume too big for memory), in ``folder`` if given, or in
-    ``autosave_dir()`` for in-memory volumes."""
+    """Where the annotations of ``image`` are autosaved: one file per source volume.
+
+    Next to its (resolved) file as ``<file>.tomoseg-annotations.tif`` (``.zarr`` for a volume too
+    big for memory); otherwise, in ``folder`` if given, else in ``autosave_dir()``, as
+    ``<name>-<key>.tomoseg-annotations.tif`` where the key is a hash of the file's resolved path or
+    the id of a volume without a file (see :func:`~napari_tomoseg._napari.files.source_identity`):
+    two volumes of the same name never share an autosave.
+
+    Raises
+    ------
+    ValueError
+        If that path would be the volume's own file.
+    """
     from napari_tomoseg.core.io.labelstore import needs_store
 
     big = needs_store(check_image_layer(image).shape)
@@ -88,7 +107,7 @@ def restore_annotations(image: Any, shape: tuple[int, ...], folder: Path | None)
         saved.astype(np.uint8, copy=False),
         phases,
         path,
-        f"Restored {n:,} annotated voxels from {path}",
+        f"Restored {n:,} annotated voxels of {source_identity(image).description} from {path}",
     )
 
 
@@ -108,8 +127,9 @@ def open_annotation_store(
     if path.exists():
         data = open_store(path, shape=shape, kind="labels")
         n = summarize_labels(data).labelled
+        what = source_identity(image).description
         return Restored(
-            data, store_phases(data), path, f"Restored {n:,} annotated voxels from {path}"
+            data, store_phases(data), path, f"Restored {n:,} annotated voxels of {what} from {path}"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     data = create_store(path, shape, phases=phases, voxel_size=voxel_size(image))
@@ -123,6 +143,7 @@ def iter_save_annotations(
     from napari_tomoseg.core.io import write_labels
 
     yield from ()
+    remove_stale_partials(path)
     if path.exists() and not is_ours(path):
         raise FileExistsError(
             f"{path} exists and was not written by napari-tomoseg; choose another autosave "
@@ -130,3 +151,28 @@ def iter_save_annotations(
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_labels(path, data, phases=phases, voxel_size=voxel, overwrite=True)
+
+
+def remove_stale_partials(path: Path, older_than: float = STALE_PARTIAL_SECONDS) -> list[Path]:
+    """Delete the hidden partial files of ``path`` (``.<name>.<random>.partial<suffix>``) that a save
+    killed midway left behind: those not touched for ``older_than`` seconds (a live save, perhaps of
+    another napari, is younger). Returns what was removed; a file that cannot be removed is left."""
+    from napari_tomoseg.core.io.write import remove_path
+
+    removed: list[Path] = []
+    if not path.parent.is_dir():
+        return removed
+    now = time.time()
+    prefix = f".{path.name}."
+    for p in path.parent.iterdir():
+        if not p.name.startswith(prefix) or ".partial" not in p.name[len(prefix) :]:
+            continue
+        try:
+            if now - p.lstat().st_mtime < older_than:
+                continue
+        except OSError:
+            continue
+        remove_path(p)
+        if not p.exists():
+            removed.append(p)
+    return removed

@@ -21,6 +21,7 @@ from napari_tomoseg._napari.jobs import JobRunner
 from napari_tomoseg._napari.layers import LayerPicker, layer_phases
 from napari_tomoseg._napari.notify import describe_error, notify_error, notify_info
 from napari_tomoseg._napari.outputs import (
+    check_not_source,
     choose_output_path,
     confirm_overwrite,
     layer_voxel_size,
@@ -168,6 +169,8 @@ class ExportWidget(Container):
                     f"{tuple(layer.data.shape)}; choose the probabilities of this prediction"
                 )
             targets = self.outputs(path)
+            for target in targets:  # before any question: the volume is never written over
+                check_not_source(target, list(self.viewer.layers))
             existing = [p for p in targets if p.exists()]
             # The Browse dialog asked about the label file itself already.
             if existing and not (existing == [path] and self._confirmed == path):

@@ -2,7 +2,9 @@
 silently, atomic text writes, the voxel size of a layer.
 
 widget -> :func:`choose_output_path` (save dialog, then our own "Replace?" question) -> the widget
-writes (e.g. :func:`write_text_atomic`); :func:`choose_input_file` / :func:`choose_folder` for inputs.
+writes (e.g. :func:`write_text_atomic`); :func:`check_not_source` refuses a destination that is a
+volume's own file (same path, symlink, hard link, or inside its zarr store);
+:func:`choose_input_file` / :func:`choose_folder` for inputs.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
 
+from napari_tomoseg._napari.files import is_same_or_inside, source_path
 from napari_tomoseg._napari.writer import voxel_size_um
 
 __all__ = [
+    "check_not_source",
     "choose_folder",
     "choose_input_file",
     "choose_output_path",
@@ -30,6 +35,33 @@ def layer_voxel_size(layer: Any) -> tuple[float, float, float] | None:
     """The voxel size ``(z, y, x)`` in µm of a 3D layer, or None if unknown (see
     :func:`~napari_tomoseg._napari.writer.voxel_size_um`)."""
     return voxel_size_um(getattr(layer, "scale", ()), getattr(layer, "units", None))
+
+
+def check_not_source(path: Path, layers: Sequence[Any]) -> None:
+    """Refuse to write ``path`` if it is the file a layer was read from.
+
+    Every image layer's file counts (a volume is never written over), and so does the file of any
+    other layer whose data is read lazily from it (writing would pull the data from under it).
+
+    Raises
+    ------
+    ValueError
+        Naming the destination and the layer whose file it is.
+    """
+    from napari.layers import Image
+
+    for layer in layers:
+        src = source_path(layer)
+        if src is None:
+            continue
+        lazy = not isinstance(getattr(layer, "data", None), np.ndarray)
+        if not isinstance(layer, Image) and not lazy:
+            continue
+        if is_same_or_inside(Path(path), src):
+            raise ValueError(
+                f"{path} is the file of layer {layer.name!r} ({src}); it is never written over, "
+                "choose another file"
+            )
 
 
 def write_text_atomic(path: Path, text: str) -> None:
