@@ -23,7 +23,9 @@ Modules, lowest first:
 - :mod:`.metadata`: napari-tomoseg's metadata block, voxel sizes and units, phase tables in files;
 - :mod:`.volumes`: one reader per format, :class:`LazySliceStack`, :func:`read_volume`,
   :func:`read_labels`, :func:`check_volume`;
-- :mod:`.write`: :func:`check_output_path`, atomic writers, :func:`write_labels`, :func:`write_volume`,
+- :mod:`.checks`: NaN / inf found where blocks are read (:func:`finite_checked`), memory checked
+  before a big read (:func:`check_fits_memory`);
+- :mod:`.write`: :func:`check_output_path`, :func:`check_not_input`, stale temporaries, atomic writers, :func:`write_labels`, :func:`write_volume`,
   the uint8 zarr store constructor;
 - :mod:`.streaming`: outputs written block by block, chunk checks, lazy dask views;
 - :mod:`.labelstore`: label volumes too big for memory (zarr stores napari paints into);
@@ -39,6 +41,15 @@ everything else reads and writes files through here.
 
 from __future__ import annotations
 
+from napari_tomoseg.core.io.checks import (
+    FiniteCheckedVolume,
+    InsufficientMemoryError,
+    NonFiniteError,
+    available_memory,
+    check_finite,
+    check_fits_memory,
+    finite_checked,
+)
 from napari_tomoseg.core.io.formats import (
     READ_FORMATS,
     TIFF_SUFFIXES,
@@ -69,8 +80,14 @@ from napari_tomoseg.core.io.volumes import (
     read_volume,
 )
 from napari_tomoseg.core.io.write import (
+    TEMP_MARK,
+    OutputIsInputError,
+    check_not_input,
     check_output_path,
+    check_writable_folder,
     create_uint8_store,
+    remove_stale_temporaries,
+    temp_path,
     write_labels,
     write_volume,
 )
@@ -79,15 +96,26 @@ __all__ = [
     "METADATA_KEY",
     "MIN_CHUNK_VOXELS",
     "READ_FORMATS",
+    "TEMP_MARK",
     "TIFF_SUFFIXES",
     "WRITE_SUFFIXES",
+    "FiniteCheckedVolume",
+    "InsufficientMemoryError",
     "LazySliceStack",
+    "NonFiniteError",
+    "OutputIsInputError",
     "VolumeLike",
+    "available_memory",
+    "check_finite",
+    "check_fits_memory",
+    "check_not_input",
     "check_output_path",
     "check_volume",
     "check_voxel_size",
+    "check_writable_folder",
     "create_uint8_store",
     "file_metadata",
+    "finite_checked",
     "is_pathological_chunking",
     "is_zarr_folder",
     "open_volume",
@@ -97,8 +125,10 @@ __all__ = [
     "read_volume_dask",
     "read_voxel_size",
     "rechunked",
+    "remove_stale_temporaries",
     "storage_chunks",
     "streaming_output",
+    "temp_path",
     "write_labels",
     "write_volume",
 ]

@@ -10,11 +10,14 @@ The lowest module of the room: it imports nothing else from napari_tomoseg.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import os
 import re
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +40,7 @@ __all__ = [
     "ome_multiscales",
     "open_tiff",
     "open_zarr",
+    "quiet_tifffile",
     "zarr_array",
     "zarr_array_in",
 ]
@@ -84,14 +88,101 @@ INPUT_FORMATS: dict[str, InputFormat] = {
 }
 
 
-def open_tiff(path: Path) -> tifffile.TiffFile:
-    """Open a TIFF file; a damaged file or one that is not a TIFF raises a ValueError saying so."""
+class _Collect(logging.Filter):
+    """Keeps the messages of the records it sees and lets none through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.messages.append(record.getMessage())
+        return False
+
+
+@contextlib.contextmanager
+def quiet_tifffile() -> Iterator[list[str]]:
+    """Keep tifffile's complaints about a damaged file off stderr; yields the list they go to.
+
+    A damaged file becomes one error of ours that says so; tifffile's own ERROR lines would only
+    repeat it in its words.
+    """
+    logger = logging.getLogger("tifffile")
+    collect = _Collect()
+    logger.addFilter(collect)
     try:
-        return tifffile.TiffFile(path)
-    except TIFF_ERRORS as err:
-        raise ValueError(
-            f"cannot read TIFF file {path}: it is damaged or not a TIFF ({err})"
-        ) from err
+        yield collect.messages
+    finally:
+        logger.removeFilter(collect)
+
+
+def open_tiff(path: Path) -> tifffile.TiffFile:
+    """Open a TIFF file; a damaged, truncated file or one that is not a TIFF raises a ValueError
+    saying so (and tifffile's complaints stay off stderr).
+
+    The first series is checked against the file before anything is read: every page it declares
+    must be there, and its data must lie inside the file (uncompressed pages: all of it), so a
+    header that declares a huge image is refused instead of allocated.
+    """
+    with quiet_tifffile() as complaints:
+        try:
+            tif = tifffile.TiffFile(path)
+        except TIFF_ERRORS as err:
+            raise ValueError(
+                f"cannot read TIFF file {path}: it is truncated, damaged or not a TIFF ({err})"
+            ) from err
+        try:
+            problem = _tiff_problem(tif)
+        except TIFF_ERRORS as err:
+            problem = str(err)
+        except BaseException:
+            tif.close()
+            raise
+        if problem is not None:
+            tif.close()
+            said = f"; tifffile: {complaints[0]}" if complaints else ""
+            raise ValueError(
+                f"cannot read TIFF file {path}: it is truncated or corrupt ({problem}{said})"
+            )
+    return tif
+
+
+def _tiff_problem(tif: tifffile.TiffFile) -> str | None:
+    """What is wrong with the first series of ``tif`` (None: its data are all in the file)."""
+    if not tif.series:
+        return "no image in it"
+    series = tif.series[0]
+    pages = [p for p in series.pages if p is not None]
+    if not pages:
+        return "no image data"
+    size = int(tif.filehandle.size)
+    page_shape = tuple(int(s) for s in pages[0].shape)
+    per_page = 1
+    for s in page_shape:
+        per_page *= s
+    declared = 1
+    for s in series.shape:
+        declared *= int(s)
+    expected = declared // per_page if per_page else 0
+    if len(pages) < expected:
+        return f"it holds {len(pages)} of the {expected} pages its header declares"
+    itemsize = series.dtype.itemsize
+    for i, page in enumerate(pages):
+        offsets, counts = page.dataoffsets, page.databytecounts
+        if any(int(o) + int(c) > size for o, c in zip(offsets, counts, strict=False)):
+            return f"page {i} has data beyond the end of the file ({size} bytes)"
+        keyframe = getattr(page, "keyframe", page)
+        bits = int(getattr(keyframe, "bitspersample", 8))
+        if (
+            int(keyframe.compression) == 1
+            and bits >= 8
+            and sum(int(c) for c in counts) < per_page * itemsize
+        ):
+            return (
+                f"page {i} declares {'x'.join(map(str, page_shape))} pixels "
+                f"({per_page * itemsize} bytes) but stores {sum(int(c) for c in counts)} bytes"
+            )
+    return None
 
 
 def natural_key(name: str) -> list[Any]:

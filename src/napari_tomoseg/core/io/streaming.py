@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -159,7 +158,7 @@ def rechunked(arr: Any, *, folder: str | os.PathLike[str], name: str = "volume")
         "x".join(map(str, chunks or ())),
         "x".join(map(str, ZARR_CHUNKS)),
     )
-    tmp = Path(folder) / f".{secrets.token_hex(4)}.rechunk.zarr"
+    tmp = temp_path(Path(folder) / Path(name).name, "rechunk").with_suffix(".zarr")
     try:
         shape = tuple(int(s) for s in arr.shape)
         copy = zarr.create_array(

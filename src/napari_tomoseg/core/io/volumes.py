@@ -24,6 +24,13 @@ import numpy.typing as npt
 import tifffile
 import zarr
 
+from napari_tomoseg.core.io.checks import (
+    NonFiniteError,
+    check_fits_memory,
+    first_nonfinite,
+    format_size,
+    shape_bytes,
+)
 from napari_tomoseg.core.io.formats import (
     READ_FORMATS,
     TIFF_ERRORS,
@@ -33,6 +40,7 @@ from napari_tomoseg.core.io.formats import (
     input_format,
     natural_key,
     open_tiff,
+    quiet_tifffile,
     zarr_array,
 )
 from napari_tomoseg.core.io.metadata import tiff_metadata
@@ -40,6 +48,7 @@ from napari_tomoseg.core.io.metadata import tiff_metadata
 __all__ = [
     "LazySliceStack",
     "VolumeLike",
+    "check_readable",
     "check_volume",
     "iter_slabs",
     "open_volume",
@@ -133,23 +142,36 @@ def _is_constant(slab: np.ndarray, value: np.ndarray) -> bool:
 
 
 def _check_finite(arr: Any, slabs: Iterator[np.ndarray], *, name: str, sampled: bool) -> None:
-    n_nan = n_inf = n_slices = 0
+    if sampled:
+        n = int(arr.shape[0])
+        zs = np.unique(np.linspace(0, n - 1, min(n, _SAMPLED_SLICES)).round().astype(int))
+        bad: list[int] = []
+        n_nan = n_inf = 0
+        for z, plane in zip(zs, slabs, strict=False):
+            if first_nonfinite(plane[None]) is not None:
+                bad.append(int(z))
+                n_nan += int(np.count_nonzero(np.isnan(plane)))
+                n_inf += int(np.count_nonzero(np.isinf(plane)))
+        if bad:
+            counts = (
+                f"{n_nan} NaN and {n_inf} infinite values found in {len(bad)} of {n} z-slices "
+                "checked"
+            )
+            raise NonFiniteError(name, bad[0], counts=counts)
+        return
+    z0 = 0
+    first: int | None = None
+    n_nan = n_inf = 0
     for slab in slabs:
-        n_slices += 1 if sampled else 0
-        finite = np.isfinite(slab)
-        if not finite.all():
+        j = first_nonfinite(slab)
+        if j is not None:
+            first = z0 + j if first is None else first
             n_nan += int(np.count_nonzero(np.isnan(slab)))
             n_inf += int(np.count_nonzero(np.isinf(slab)))
-    if n_nan or n_inf:
-        where = (
-            f"found in {n_slices} of {arr.shape[0]} z-slices checked"
-            if sampled
-            else f"of {int(np.prod(arr.shape))} voxels"
-        )
-        raise ValueError(
-            f"{name} contains {n_nan} NaN and {n_inf} infinite values ({where}); replace them "
-            "first, e.g. np.nan_to_num(volume, nan=0.0, posinf=0.0, neginf=0.0)"
-        )
+        z0 += slab.shape[0]
+    if first is not None:
+        counts = f"{n_nan} NaN and {n_inf} infinite values of {int(np.prod(arr.shape))} voxels"
+        raise NonFiniteError(name, first, counts=counts)
 
 
 def _slab_depth(shape: Sequence[int], step: int = 1) -> int:
@@ -279,9 +301,13 @@ class LazySliceStack:
             else:
                 self._handles.move_to_end(path)
             try:
-                data = tif.asarray(key=page, series=0)
+                with quiet_tifffile():
+                    data = tif.asarray(key=page, series=0)
             except TIFF_ERRORS as err:
-                raise ValueError(f"cannot read slice {z} (page {page}) of {path}: {err}") from err
+                raise ValueError(
+                    f"cannot read slice {z} (page {page}) of {path}: it is truncated or corrupt "
+                    f"({err})"
+                ) from err
         if data.shape != self.shape[1:]:
             if data.size != self.shape[1] * self.shape[2]:
                 raise ValueError(
@@ -369,6 +395,36 @@ def _tiff_volume_shape(tif: tifffile.TiffFile, path: Path) -> tuple[int, ...]:
     return shape
 
 
+#: Bytes per voxel a slice costs while it is segmented or scanned, besides its own: float32 copies
+#: (normalised, padded) and the comparisons of the checks.
+_SLICE_WORK_BYTES = 8
+
+
+def check_readable(shape: Sequence[int], dtype: npt.DTypeLike, path: Path, *, lazy: bool) -> None:
+    """Refuse, before anything is allocated, a volume whose declared size cannot be read here.
+
+    In memory (``lazy=False``) the whole array must fit in the memory available now; read lazily,
+    one z-slice and its float32 working copies must.
+
+    Raises
+    ------
+    InsufficientMemoryError
+        A ValueError that gives the estimate, the memory available and what to do.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    dims = tuple(int(s) for s in shape)
+    if lazy:
+        if len(dims) >= 2:
+            check_fits_memory(
+                shape_bytes(dims[-2:], itemsize + _SLICE_WORK_BYTES),
+                name=str(path),
+                what=f"one slice of {dims[-2]}x{dims[-1]} voxels (with its working copies)",
+                hint="crop or bin the volume first, or use a machine with more memory",
+            )
+        return
+    check_fits_memory(shape_bytes(dims, itemsize), name=str(path), what=f"reading shape {dims}")
+
+
 def _read_tiff(path: Path, dataset: str | None, lazy: bool) -> Any:
     _no_dataset(path, dataset)
     with open_tiff(path) as tif:
@@ -376,11 +432,15 @@ def _read_tiff(path: Path, dataset: str | None, lazy: bool) -> Any:
         series = tif.series[0]
         n_pages = len(series.pages)
         contiguous = series.dataoffset is not None
+        check_readable(shape, series.dtype, path, lazy=lazy)
         if not lazy:
             try:
-                data = tif.asarray(series=0)
+                with quiet_tifffile():
+                    data = tif.asarray(series=0)
             except TIFF_ERRORS as err:
-                raise ValueError(f"cannot read TIFF file {path}: {err}") from err
+                raise ValueError(
+                    f"cannot read TIFF file {path}: it is truncated or corrupt ({err})"
+                ) from err
             return data.reshape(shape)
         dtype = series.dtype
     if contiguous:
@@ -435,14 +495,47 @@ def _read_tiff_folder(path: Path, dataset: str | None, lazy: bool) -> Any:
                 "must match"
             )
     stack = LazySliceStack([(f, 0) for f in files], (len(files), *first_shape), first_dtype)
+    check_readable(stack.shape, stack.dtype, path, lazy=lazy)
     if lazy:
         return stack
     with stack:
         return stack[:]
 
 
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype[Any], int] | None:
+    """Shape, dtype and data offset a .npy header declares (None: not a plain .npy header)."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(6) != fmt.MAGIC_PREFIX:
+                return None
+            fh.seek(0)
+            version = fmt.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(fh)
+            else:
+                return None
+            return tuple(int(s) for s in shape), np.dtype(dtype), fh.tell()
+    except (ValueError, EOFError, SyntaxError, TypeError):
+        return None
+
+
 def _read_npy(path: Path, dataset: str | None, lazy: bool) -> Any:
     _no_dataset(path, dataset)
+    header = _npy_header(path)
+    if header is not None and not header[1].hasobject:
+        shape, dtype, offset = header
+        declared = shape_bytes(shape, dtype.itemsize)
+        stored = path.stat().st_size - offset
+        if declared > stored:
+            raise ValueError(
+                f"cannot read {path}: it is truncated or corrupt (its header declares shape "
+                f"{shape} {dtype}, {format_size(declared)}, but the file holds "
+                f"{format_size(max(0, stored))} of data)"
+            )
+        check_readable(shape, dtype, path, lazy=lazy)
     try:
         data = np.load(path, mmap_mode="r" if lazy else None, allow_pickle=False)
     except ValueError as err:
@@ -464,6 +557,7 @@ def _read_npy(path: Path, dataset: str | None, lazy: bool) -> Any:
 
 def _read_zarr(path: Path, dataset: str | None, lazy: bool) -> Any:
     arr = zarr_array(path, dataset)
+    check_readable(arr.shape, arr.dtype, path, lazy=lazy)
     return arr if lazy else np.asarray(arr[...])
 
 
@@ -497,6 +591,7 @@ def _read_hdf5(path: Path, dataset: str | None, lazy: bool) -> Any:
                 f"{path} holds {len(found)} datasets ({listing}); choose one with "
                 "dataset='name' (--dataset name)"
             )
+        check_readable(ds.shape, ds.dtype, path, lazy=lazy)
         if lazy:
             return ds  # keeps the file open for as long as the dataset is referenced
         data = np.asarray(ds[()])

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+import socket
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +48,15 @@ from napari_tomoseg.core.io.volumes import iter_slabs
 from napari_tomoseg.core.phases import PhaseTable
 
 __all__ = [
+    "TEMP_MARK",
+    "OutputIsInputError",
     "atomic_output",
+    "check_not_input",
     "check_output_path",
+    "check_writable_folder",
     "create_uint8_store",
     "remove_path",
+    "remove_stale_temporaries",
     "temp_path",
     "write_labels",
     "write_volume",
@@ -122,14 +130,165 @@ def check_output_path(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
                 "another output path",
                 str(p),
             )
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(errno.EACCES, "cannot write to the output folder", str(parent))
+    check_writable_folder(parent)
+    # What a killed run on this output folder left behind goes before the new run starts.
+    remove_stale_temporaries(parent)
     return p
 
 
+#: Every temporary file or folder napari-tomoseg makes carries this in its name, followed by the
+#: machine and the process that made it: ``.<output name>.tomoseg-tmp-<host>-<pid>-<random>.<tag>``.
+TEMP_MARK = "tomoseg-tmp"
+_TEMP_RE = re.compile(rf"^\..*\.{TEMP_MARK}-([0-9a-f]{{8}})-(\d+)-[0-9a-f]+\.")
+
+
+def _host_id() -> str:
+    # Short and filename-safe; a pid is only meaningful on the machine that made the file.
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
 def temp_path(path: Path, tag: str) -> Path:
-    """A fresh hidden name next to ``path`` (``.name.<random>.<tag><suffix>``) for work in progress."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.{tag}{path.suffix}")
+    """A fresh hidden name next to ``path`` for work in progress:
+    ``.name.tomoseg-tmp-<host>-<pid>-<random>.<tag><suffix>``.
+
+    The machine and process in the name let a later run remove what a killed one left behind
+    (:func:`remove_stale_temporaries`).
+    """
+    mark = f"{TEMP_MARK}-{_host_id()}-{os.getpid()}-{secrets.token_hex(4)}"
+    return path.with_name(f".{path.name}.{mark}.{tag}{path.suffix}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files and stores that killed runs on this machine left in ``folder``.
+
+    Only names made by :func:`temp_path` count, and only those whose process is gone: a run in
+    progress (here or on another machine sharing the folder) is never touched.
+
+    Returns
+    -------
+    list of pathlib.Path
+        What was removed.
+    """
+    d = Path(folder).expanduser()
+    removed: list[Path] = []
+    try:
+        entries = list(d.iterdir())
+    except OSError:
+        return removed
+    host = _host_id()
+    for entry in entries:
+        m = _TEMP_RE.match(entry.name)
+        if m is None or m.group(1) != host or _pid_alive(int(m.group(2))):
+            continue
+        remove_path(entry)
+        if not (entry.exists() or entry.is_symlink()):
+            removed.append(entry)
+            logger.info("removed %s, left behind by an interrupted run", entry)
+    return removed
+
+
+class OutputIsInputError(ValueError):
+    """An output path that resolves to one of the inputs (or inside one): writing it would lose it."""
+
+
+def _same_or_inside(out: Path, inp: Path) -> str | None:
+    """How ``out`` would overwrite ``inp`` (None: it would not)."""
+    if not (inp.exists() or inp.is_symlink()):
+        return None
+    try:
+        if out.exists() and os.path.samefile(out, inp):  # symlinks and hard links: st_dev/st_ino
+            return "is the same file as"
+    except OSError:
+        pass
+    r_out, r_in = out.resolve(), inp.resolve()
+    if r_out == r_in:
+        return "is the same file as"
+    if r_in.is_dir() and r_out.is_relative_to(r_in):
+        return "is inside"
+    if r_in.is_relative_to(r_out):
+        return "holds"
+    return None
+
+
+def check_not_input(
+    output: str | os.PathLike[str] | None,
+    inputs: Iterable[str | os.PathLike[str] | None],
+) -> None:
+    """Refuse an output that would overwrite one of the inputs, with or without ``overwrite``.
+
+    The same path, a symlink or hard link to an input (compared by device and inode), a path
+    inside an input folder (a zarr store, a folder of slices) or a folder holding an input all count.
+
+    Parameters
+    ----------
+    output
+        The path about to be written (None: nothing to check).
+    inputs
+        The paths read by the same command (None entries are skipped).
+
+    Raises
+    ------
+    OutputIsInputError
+        A ValueError naming both paths.
+    """
+    if output is None:
+        return
+    out = Path(output).expanduser()
+    for given in inputs:
+        if given is None:
+            continue
+        how = _same_or_inside(out, Path(given).expanduser())
+        if how is not None:
+            raise OutputIsInputError(
+                f"the output {out} {how} the input {given}; it would be overwritten: write to "
+                "another path"
+            )
+
+
+def check_writable_folder(folder: str | os.PathLike[str]) -> Path:
+    """Check that files can be created in ``folder`` (exists, is a folder, is writable), by trying.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder does not exist or is not a folder.
+    PermissionError
+        If nothing can be created in it.
+    """
+    d = Path(folder).expanduser()
+    if not d.is_dir():
+        what = "is not a folder" if d.exists() else "does not exist"
+        raise FileNotFoundError(
+            errno.ENOENT, f"output folder {what}; create it first (mkdir -p)", str(d)
+        )
+    if not os.access(d, os.W_OK):
+        raise PermissionError(
+            errno.EACCES, "cannot write to the output folder; choose another", str(d)
+        )
+    probe = temp_path(d / "probe", "probe")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as err:
+        raise PermissionError(
+            err.errno or errno.EACCES,
+            f"cannot write to the output folder ({err.strerror}); choose another",
+            str(d),
+        ) from err
+    with contextlib.suppress(OSError):
+        probe.unlink()
+    return d
 
 
 def remove_path(path: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from napari_tomoseg.core.io.checks import finite_checked
 from napari_tomoseg.core.model.modes import AXIS_NAMES, TrainMode, finetuned_mode
 from napari_tomoseg.core.phases import PhaseTable
 from napari_tomoseg.core.progress import CancelToken, run_to_completion
@@ -593,6 +594,8 @@ def iter_finetune(
     model = _initial_model(base, plan, config)
     net_cfg = model.config
     dev = resolve_device(device)
+    # Every slice read for training is checked for NaN / inf (a no-op view for integer volumes).
+    volume = finite_checked(volume)
     volume = model.normalization.prepare(volume)  # the model's ring removal, as in inference
     low, high = model.normalization.volume_range(volume)
     n = len(plan.phases)

@@ -20,6 +20,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from napari_tomoseg.core.io.checks import check_finite
 from napari_tomoseg.core.learn.augment import random_dihedral, random_intensity
 from napari_tomoseg.core.learn.losses import masked_cross_entropy, phase_weights, soft_jaccard_loss
 from napari_tomoseg.core.progress import CancelToken, run_to_completion
@@ -98,6 +99,8 @@ class AnnotatedVolume:
             raise ValueError(
                 f"annotations shape {self.labels.shape} must equal the volume shape {self.image.shape} (3D)"
             )
+        # NaN in a training image would make every loss and gradient NaN: refuse it here.
+        check_finite(self.image, name="training image")
 
 
 class CropSampler:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from napari_tomoseg.core.io.write import check_writable_folder, remove_stale_temporaries, temp_path
 from napari_tomoseg.core.model.modes import AXES, MODES, Mode
 from napari_tomoseg.core.model.network import ModularUNet, UNetConfig
 from napari_tomoseg.core.phases import PhaseTable
@@ -116,7 +117,10 @@ def save_model(
         "inference": json.dumps(asdict(model.defaults)),
         "provenance": json.dumps(model.provenance, default=str),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    check_writable_folder(path.parent)
+    remove_stale_temporaries(path.parent)  # model files a killed run left half-written
+    # A recognisable temporary name (process and machine in it), renamed only when complete.
+    tmp = temp_path(path, "partial")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, path)
@@ -147,52 +151,130 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise ModelFileError(
+                    f"{path}: not a napari-tomoseg model (metadata 'format' is "
+                    f"{meta.get('format')!r}, expected {FORMAT!r})"
+                )
+            cfg, phases, normalization, defaults, provenance = _read_metadata(path, meta)
+            # The architecture is checked against the file's tensors before anything is built:
+            # metadata that lies (a huge width) must not allocate a huge network.
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            _check_shapes(path, cfg, stored)
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except ModelFileError:
+        raise
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ModelFileError(
             f"{path}: not a readable .safetensors model file ({err}); it may be truncated or corrupt"
         ) from err
-    if meta.get("format") != FORMAT:
-        raise ModelFileError(
-            f"{path}: not a napari-tomoseg model (metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r})"
-        )
-    try:
-        cfg = UNetConfig.from_json(json.loads(meta["unet"]))
-        phases = PhaseTable.from_json(json.loads(meta["phases"]))
-        normalization = Normalization(**json.loads(meta.get("normalization", "{}")))
-        defaults = InferenceDefaults(**json.loads(meta.get("inference", "{}")))
-        provenance = json.loads(meta.get("provenance", "{}"))
-    except (KeyError, TypeError, ValueError) as err:
-        raise ModelFileError(f"{path}: malformed metadata ({err})") from err
-    network = ModularUNet(cfg)
-    expected = network.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            s
-            for s in (
-                f"missing {missing[:3]}" if missing else "",
-                f"unexpected {unexpected[:3]}" if unexpected else "",
-                f"wrong shape {wrong[:3]}" if wrong else "",
-            )
-            if s
-        )
-        raise ModelFileError(
-            f"{path}: weights do not match the architecture in its metadata ({detail})"
-        )
     for k, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ModelFileError(
                 f"{path}: tensor {k!r} holds NaN or inf; the model is broken (retrain it)"
             )
+    network = ModularUNet(cfg)
     network.load_state_dict(tensors)
     network.eval().to(device)
     try:
         return TomosegModel(network, phases, normalization, defaults, provenance, source=path)
     except ValueError as err:
         raise ModelFileError(f"{path}: inconsistent metadata ({err})") from err
+
+
+#: Bounds of the architecture a model file may declare: far beyond any useful network, far below
+#: what would exhaust memory before the file's tensors are compared with it.
+_UNET_INT_BOUNDS = {
+    "ndim": (2, 3),
+    "in_channels": (1, 255),
+    "n_phases": (1, 254),
+    "depth": (1, 6),
+    "base_filters": (1, 1024),
+}
+_UNET_BOOLS = ("residual", "batch_norm")
+
+
+def check_unet_metadata(d: Any) -> UNetConfig:
+    """The :class:`UNetConfig` a model file's ``unet`` metadata declares, checked field by field.
+
+    Integers must be integers (not 3.5, not ``true``) within sane bounds, flags booleans, dropout
+    a number in [0, 1).
+
+    Raises
+    ------
+    ValueError
+        Naming the first bad field.
+    """
+    if not isinstance(d, dict):
+        raise ValueError(f"'unet' must be a JSON object, got {type(d).__name__}")
+    for key, (lo, hi) in _UNET_INT_BOUNDS.items():
+        if key not in d:
+            continue
+        v = d[key]
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"unet {key} must be a whole number, got {v!r}")
+        if not lo <= v <= hi:
+            raise ValueError(f"unet {key} must be in {lo}..{hi}, got {v}")
+    for key in _UNET_BOOLS:
+        if key in d and not isinstance(d[key], bool):
+            raise ValueError(f"unet {key} must be true or false, got {d[key]!r}")
+    if "dropout" in d:
+        v = d["dropout"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+            raise ValueError(f"unet dropout must be a number in [0, 1), got {v!r}")
+    return UNetConfig.from_json(d)
+
+
+def _read_metadata(
+    path: Path, meta: dict[str, str]
+) -> tuple[UNetConfig, PhaseTable, Normalization, InferenceDefaults, dict[str, Any]]:
+    try:
+        cfg = check_unet_metadata(json.loads(meta["unet"]))
+        phases = PhaseTable.from_json(json.loads(meta["phases"]))
+        normalization = Normalization(**_json_object(meta.get("normalization", "{}")))
+        inference = _json_object(meta.get("inference", "{}"))
+        for key in ("tile", "overlap"):
+            v = inference.get(key)
+            if key in inference and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ValueError(f"inference {key} must be a whole number, got {v!r}")
+        defaults = InferenceDefaults(**inference)
+        provenance = json.loads(meta.get("provenance", "{}"))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ModelFileError(f"{path}: malformed metadata ({err})") from err
+    return cfg, phases, normalization, defaults, provenance
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    d = json.loads(text)
+    if not isinstance(d, dict):
+        raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+    return d
+
+
+def _check_shapes(path: Path, cfg: UNetConfig, stored: dict[str, tuple[int, ...]]) -> None:
+    """Compare the tensors the architecture needs (computed on torch's meta device: no memory)
+    with the tensors in the file; ModelFileError naming the first differences."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in ModularUNet(cfg).state_dict().items()}
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(stored) if expected[k] != stored[k])
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            s
+            for s in (
+                f"missing {missing[:3]}" if missing else "",
+                f"unexpected {unexpected[:3]}" if unexpected else "",
+                "wrong shape "
+                + ", ".join(f"{k} {stored[k]} instead of {expected[k]}" for k in wrong[:3])
+                if wrong
+                else "",
+            )
+            if s
+        )
+        raise ModelFileError(
+            f"{path}: weights do not match the architecture in its metadata ({detail})"
+        )
 
 
 def bundled_model_path() -> Path:

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from napari_tomoseg.core.io.checks import NonFiniteError, check_finite
+
 
 @dataclass(frozen=True)
 class Normalization:
@@ -55,12 +57,12 @@ class Normalization:
         )
 
 
-def subsample(volume: Any, max_samples: int = 4_000_000) -> npt.NDArray[Any]:
-    """A regular strided subsample of at most about ``max_samples`` voxels (reads only those slices)."""
+def _subsample(volume: Any, max_samples: int) -> tuple[npt.NDArray[Any], int]:
+    """The strided sample as a (slices, y, x) array and the z-step between its slices."""
     shape = volume.shape
     n = int(np.prod(shape))
     if n <= max_samples:
-        return np.asarray(volume[...]).ravel()
+        return np.asarray(volume[...]), 1
     # Stride slices along z first (cheap for slice-stored formats), then in-plane.
     step_z = max(
         1,
@@ -69,7 +71,12 @@ def subsample(volume: Any, max_samples: int = 4_000_000) -> npt.NDArray[Any]:
     step_z = max(step_z, 1)
     slab = np.asarray(volume[::step_z])
     step = max(1, int(np.ceil((slab.size / max_samples) ** 0.5)))
-    return slab[:, ::step, ::step].ravel()
+    return slab[:, ::step, ::step], step_z
+
+
+def subsample(volume: Any, max_samples: int = 4_000_000) -> npt.NDArray[Any]:
+    """A regular strided subsample of at most about ``max_samples`` voxels (reads only those slices)."""
+    return _subsample(volume, max_samples)[0].ravel()
 
 
 def robust_range(
@@ -79,14 +86,17 @@ def robust_range(
 
     Raises
     ------
+    NonFiniteError
+        A ValueError naming the first sampled z-slice that holds NaN or inf.
     ValueError
-        If the subsample holds NaN/inf or is constant (nothing to normalise).
+        If the subsample is constant (nothing to normalise).
     """
-    values = subsample(volume, max_samples).astype(np.float64, copy=False)
+    sample, step_z = _subsample(volume, max_samples)
+    if sample.ndim == 3:
+        check_finite(sample, z_step=step_z)
+    values = sample.ravel().astype(np.float64, copy=False)
     if not np.isfinite(values).all():
-        raise ValueError(
-            "volume holds NaN or inf values; replace them (e.g. np.nan_to_num) before segmenting"
-        )
+        raise NonFiniteError("volume", None)
     lo, hi = np.percentile(values, [low, high])
     if not hi > lo:
         lo, hi = float(values.min()), float(values.max())

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from napari_tomoseg.core import io
+from napari_tomoseg.core.io.checks import finite_checked
 from napari_tomoseg.core.model import TomosegModel
 from napari_tomoseg.core.progress import Cancelled, CancelToken, SegmentProgress, run_to_completion
 from napari_tomoseg.core.segment.device import precision_name, resolve_device, resolve_precision
@@ -109,7 +110,8 @@ def _worker_segmenter(key: str, model: TomosegModel, config: InferenceConfig) ->
 def _worker_volume(path: str, dataset: str | None) -> Any:
     cache_key = ("volume", path, dataset or "")
     if cache_key not in _WORKER_CACHE:
-        _WORKER_CACHE[cache_key] = io.open_volume(path, dataset=dataset)
+        # Checked as it is read, block by block, like the local pipeline's volume.
+        _WORKER_CACHE[cache_key] = finite_checked(io.open_volume(path, dataset=dataset), path)
     return _WORKER_CACHE[cache_key]
 
 
@@ -238,7 +240,9 @@ def iter_segment_distributed(
             "2d-3axes modes"
         )
     out_path = io.check_output_path(output, overwrite=overwrite)
-    prepared = model.normalization.prepare(volume, ring_removal=config.ring_removal)
+    prepared = model.normalization.prepare(
+        finite_checked(volume, str(src)), ring_removal=config.ring_removal
+    )
     rings_centre = getattr(prepared, "centre", None)  # workers correct their slabs around it
     rings_fill = getattr(prepared, "fill", None)
     grey_range = model.normalization.volume_range(prepared)

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from napari_tomoseg.core.io.checks import finite_checked
 from napari_tomoseg.core.model import TomosegModel
 from napari_tomoseg.core.progress import Cancelled, CancelToken, SegmentProgress, run_to_completion
 from napari_tomoseg.core.segment.memory import format_bytes
@@ -125,13 +126,18 @@ class Segmenter:
             dtype=self.dtype,
         )
 
-    def prepare(self, volume: Any) -> tuple[Any, tuple[float, float]]:
+    def prepare(self, volume: Any, *, name: str = "volume") -> tuple[Any, tuple[float, float]]:
         """``volume`` prepared as the model asks (ring removal, a lazy view) and its grey range.
 
         A caller segmenting part of a volume (a preview, a block) prepares the whole volume once and
-        passes ``grey_range`` to :meth:`plan` with the prepared part.
+        passes ``grey_range`` to :meth:`plan` with the prepared part. A float volume is read through
+        :func:`~napari_tomoseg.core.io.checks.finite_checked`: every block read (the grey range's
+        sample, ring detection, each region) raises
+        :class:`~napari_tomoseg.core.io.checks.NonFiniteError` naming ``name`` and the first
+        z-slice holding NaN or inf, so no region is ever segmented from NaN.
         """
         norm = self.model.normalization
+        volume = finite_checked(volume, name)
         prepared = norm.prepare(volume, ring_removal=self.config.ring_removal)
         return prepared, norm.volume_range(prepared)
 
@@ -143,6 +149,7 @@ class Segmenter:
         probabilities: bool = False,
         grey_range: tuple[float, float] | None = None,
         settings: ResolvedInference | None = None,
+        name: str = "volume",
     ) -> SegmentPlan:
         """Decide how ``volume`` is segmented: options, preparation, regions and output chunks.
 
@@ -159,6 +166,8 @@ class Segmenter:
             (see :meth:`prepare`); by default it is prepared here, once.
         settings : ResolvedInference, optional
             Options already resolved elsewhere (a dask client for its workers): used as they are.
+        name : str
+            What to call the volume in errors (its file): NaN or inf found while reading it.
 
         Raises
         ------
@@ -175,7 +184,7 @@ class Segmenter:
                 shape, itemsize=np.dtype(volume.dtype).itemsize, probabilities=probabilities
             )
         if grey_range is None:
-            volume, grey_range = self.prepare(volume)
+            volume, grey_range = self.prepare(volume, name=name)
         return SegmentPlan(
             self, volume, settings, grey_range, mask=mask, probabilities=probabilities
         )

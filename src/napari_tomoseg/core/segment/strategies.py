@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from napari_tomoseg.core.io.checks import FiniteCheckedVolume, check_finite
 from napari_tomoseg.core.prep.intensity import apply_range
 from napari_tomoseg.core.progress import CancelToken
 from napari_tomoseg.core.segment.options import ResolvedInference
@@ -294,7 +295,11 @@ def _multi_axis_slab(
 
 
 def _read(volume: Any, region: tuple[slice, ...]) -> npt.NDArray[Any]:
-    return np.asarray(volume[region])
+    block = np.asarray(volume[region])
+    if not isinstance(volume, FiniteCheckedVolume):  # a checked view has checked it already
+        # Where the data are read, at no extra read: NaN would be segmented as a silent phase.
+        check_finite(block, z0=region[0].start or 0)
+    return block
 
 
 def _slab_images(
