@@ -210,10 +210,10 @@ class MeasureWidget(Container):
         """Untick the in-memory measures a big (e.g. zarr-backed) layer is over budget for; the
         streaming ones stay. Ticking them again gets the core's error, naming the budget."""
         from napari_tomoseg.core.measure.objects import BYTES_PER_VOXEL, DEFAULT_MAX_MEMORY
+        from napari_tomoseg.core.measure.thickness import BYTES_PER_VOXEL as THICKNESS_BYTES
 
         n = int(np.prod(self._data(layer).shape))
-        # local thickness keeps its figure (30 bytes per voxel at the peak) private
-        for name, per_voxel in (("objects", BYTES_PER_VOXEL), ("thickness", 30)):
+        for name, per_voxel in (("objects", BYTES_PER_VOXEL), ("thickness", THICKNESS_BYTES)):
             over = per_voxel * n > DEFAULT_MAX_MEMORY
             if over:
                 self.checks[name].value = False

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from napari_tomoseg.core.measure.thickness import local_thickness, thickness_map
 from napari_tomoseg.core.phases import COMPOSITE_PHASES
@@ -63,3 +64,51 @@ def test_empty_phase_and_errors():
         )
     with pytest.raises(ValueError, match="integer"):
         local_thickness(np.ones((6, 6, 6)), "pore", phases=COMPOSITE_PHASES)
+
+
+def _brute_force(inside, spacing):
+    """Every voxel's own largest ball, painted one by one (the definition, slowly)."""
+    sp = np.asarray(spacing, float)
+    h = sp.min()
+    dt = ndimage.distance_transform_edt(inside, sampling=sp)
+    level = np.floor(dt / h + 1e-6).astype(int)
+    grid = np.indices(inside.shape).reshape(3, -1).T
+    best = np.where(inside, 1, 0).ravel()
+    for c in np.argwhere(level >= 2):
+        k = level[tuple(c)]
+        # offsets in whole voxels scaled to units of h, so that ties fall as in the module
+        near = np.sqrt((((grid - c) * (sp / h)) ** 2).sum(axis=1)) < k
+        best[near] = np.maximum(best[near], k)
+    return np.where(inside, 2 * h * best.reshape(inside.shape), 0.0)
+
+
+@pytest.mark.parametrize("spacing", [(1, 1, 1), (0.5, 1, 1), (1.3, 1.3, 2.0)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_map_equals_brute_force(spacing, seed):
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.random((18, 22, 26)), 2.0)
+    inside = field > np.quantile(field, 0.55)
+    lt = thickness_map(inside, spacing)
+    assert np.allclose(lt, _brute_force(inside, spacing), atol=1e-5)
+
+
+def test_both_painting_paths_and_a_wide_window_agree_with_brute_force(monkeypatch):
+    import napari_tomoseg.core.measure.thickness as th
+
+    # a ball of radius 11 (its distances pass the first window of 8) next to thin rods
+    z, y, x = np.indices((30, 34, 40))
+    inside = (z - 15) ** 2 + (y - 16) ** 2 + (x - 14) ** 2 < 11**2
+    inside |= ((y - 5) ** 2 + (x - 33) ** 2 < 3.5**2) | ((z - 4) ** 2 + (y - 29) ** 2 < 2.2**2)
+    expected = _brute_force(inside, (1, 1, 1))
+    for index_ns in (0.0, 1e9):  # every radius painted by index, then every one by rows
+        monkeypatch.setattr(th, "_INDEX_NS", index_ns)
+        assert np.array_equal(thickness_map(inside), expected)
+
+
+def test_very_thick_phase_falls_back_to_scipy():
+    from napari_tomoseg.core.measure.thickness import _radius_levels
+
+    inside = np.zeros((150, 3, 4), bool)
+    inside[2:147] = True  # a plate 145 voxels thick: distances past the largest window (64)
+    expected = np.floor(ndimage.distance_transform_edt(inside) + 1e-6)
+    assert np.array_equal(_radius_levels(inside, np.ones(3), None), expected)

@@ -36,6 +36,7 @@ from napari_tomoseg.core.measure.objects import BYTES_PER_VOXEL as OBJECT_BYTES_
 from napari_tomoseg.core.measure.objects import DEFAULT_MAX_MEMORY, ObjectTable, iter_objects
 from napari_tomoseg.core.measure.orientation import FibreOrientation, iter_fibre_orientation
 from napari_tomoseg.core.measure.surfaces import SurfaceAreas, iter_surface_areas
+from napari_tomoseg.core.measure.thickness import BYTES_PER_VOXEL as THICKNESS_BYTES_PER_VOXEL
 from napari_tomoseg.core.measure.thickness import LocalThickness, iter_local_thickness
 from napari_tomoseg.core.measure.units import AXES, Units, parse_axis
 from napari_tomoseg.core.phases import PhaseTable
@@ -797,9 +798,7 @@ def _check_budget(shape: tuple[int, int, int], what: Sequence[str], max_memory: 
     n = int(np.prod(shape))
     need = {
         "objects": OBJECT_BYTES_PER_VOXEL * n,
-        # local thickness keeps its figure (30 bytes per voxel at the peak) private; its own
-        # check, run again when it starts, is the one that counts
-        "thickness": 30 * n,
+        "thickness": THICKNESS_BYTES_PER_VOXEL * n,
     }
     over = [m for m in ("objects", "thickness") if m in what and need[m] > max_memory]
     if over:
