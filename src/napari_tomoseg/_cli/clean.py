@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_tomoseg._cli.common import CliError
+from napari_tomoseg._cli.common import CliError, check_number, check_outputs
 from napari_tomoseg.core.model.modes import AXES
 from napari_tomoseg.core.phases import PhaseTable
 
@@ -83,8 +83,23 @@ def run(args: argparse.Namespace) -> int:
     from napari_tomoseg.core import io
     from napari_tomoseg.core.measure.blobs import find_blobs, reassign_blobs
 
-    out_path = io.check_output_path(args.output, overwrite=args.overwrite)
+    check_number(args.min_area, "--min-area", minimum=0)
+    check_number(args.min_aspect, "--min-aspect")  # finite; at least 1 is checked by the core
+    check_number(args.max_area, "--max-area", above=0)
+    check_number(args.max_aspect, "--max-aspect", minimum=1)
+    if args.max_area is not None and args.max_area < args.min_area:
+        raise CliError(
+            f"--max-area {args.max_area:g} is below --min-area {args.min_area:g}: no blob can be "
+            "selected"
+        )
+    if args.max_aspect is not None and args.max_aspect < args.min_aspect:
+        raise CliError(
+            f"--max-aspect {args.max_aspect:g} is below --min-aspect {args.min_aspect:g}: no blob "
+            "can be selected"
+        )
     src = Path(args.labels).expanduser()
+    check_outputs([args.output, args.blobs_csv], [src])
+    out_path = io.check_output_path(args.output, overwrite=args.overwrite)
     if src.exists() and out_path.exists() and src.resolve() == out_path.resolve():
         raise CliError("the output is the input file; write the cleaned labels to another file")
     csv_path = None
@@ -94,7 +109,13 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"{csv_path} exists; pass --overwrite to replace it")
         if not csv_path.parent.is_dir():
             raise CliError(f"folder {csv_path.parent} does not exist; create it first")
+        io.check_writable_folder(csv_path.parent)
     labels = io.read_labels(src)
+    if labels.dtype.kind == "i" and labels.size and int(labels.min()) < 0:
+        raise CliError(
+            f"{src} holds negative ids (e.g. {int(labels.min())}); label files hold 0 (none) and "
+            "phase ids 1..C: remap them first"
+        )
     table = io.read_label_phases(src)
     voxel_size = io.read_voxel_size(src)
     phase = phase_id(args.phase, table, "--phase")
@@ -126,12 +147,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_csv(path: Path, rows: list[dict[str, float | int]], selected: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    from napari_tomoseg.core.io import temp_path
+
+    tmp = temp_path(path, "partial")
     fields = ["slice", "blob", "area", "aspect_ratio", "major_axis", "minor_axis"]
     fields += ["centroid_row", "centroid_col", "selected"]
-    with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        for row, sel in zip(rows, selected, strict=True):
-            w.writerow({**row, "selected": int(bool(sel))})
-    tmp.replace(path)
+    try:
+        with tmp.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields)
+            w.writeheader()
+            for row, sel in zip(rows, selected, strict=True):
+                w.writerow({**row, "selected": int(bool(sel))})
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ Importing this module is cheap: torch, tqdm and the model code load inside the f
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,9 +25,13 @@ if TYPE_CHECKING:
 __all__ = [
     "CliError",
     "add_inference_options",
+    "check_inference_options",
+    "check_number",
+    "check_outputs",
     "format_number",
     "format_table",
     "inference_config",
+    "json_text",
     "load_model",
     "parse_duration",
     "parse_slices",
@@ -42,6 +47,65 @@ class CliError(Exception):
 
 # --------------------------------------------------------------------------------------------
 # option parsing
+
+
+def check_number(
+    value: float | None,
+    option: str,
+    *,
+    minimum: float | None = None,
+    above: float | None = None,
+    maximum: float | None = None,
+) -> None:
+    """Refuse NaN, inf and values out of range for ``option`` (None: not given, nothing to check).
+
+    ``minimum`` is inclusive, ``above`` exclusive (e.g. ``above=0``: positive).
+    """
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise CliError(f"{option} must be a finite number, got {value}")
+    if minimum is not None and value < minimum:
+        raise CliError(f"{option} must be at least {minimum:g}, got {value:g}")
+    if above is not None and value <= above:
+        raise CliError(f"{option} must be more than {above:g}, got {value:g}")
+    if maximum is not None and value > maximum:
+        raise CliError(f"{option} must be at most {maximum:g}, got {value:g}")
+
+
+def check_outputs(outputs: Sequence[Any], inputs: Sequence[Any]) -> None:
+    """Refuse any output that is (or is inside, or holds) one of the inputs: CliError naming both
+    paths. Checked before any work, with or without --overwrite (None entries are skipped)."""
+    from napari_tomoseg.core.io import OutputIsInputError, check_not_input
+
+    try:
+        for out in outputs:
+            check_not_input(out, inputs)
+    except OutputIsInputError as err:
+        raise CliError(str(err)) from None
+
+
+def check_inference_options(args: argparse.Namespace, model: Any = None) -> None:
+    """Check the options of :func:`add_inference_options` before anything is read or run.
+
+    With ``model``, an overlap larger than half the tile (the model's tile when --tile is not
+    given) is refused instead of being cut down silently.
+    """
+    check_number(getattr(args, "threads", None), "--threads", minimum=1)
+    check_number(getattr(args, "batch_size", None), "--batch-size", minimum=1)
+    check_number(getattr(args, "overlap", None), "--overlap", minimum=0)
+    tile = getattr(args, "tile", None)
+    if tile is not None and (tile < 8 or tile % 8):
+        raise CliError(f"--tile must be a multiple of 8 and at least 8, got {tile}")
+    overlap = getattr(args, "overlap", None)
+    if model is not None and overlap is not None:
+        edge = tile if tile is not None else model.defaults.tile
+        if overlap > edge // 2:
+            source = "--tile" if tile is not None else "the model's tile"
+            raise CliError(
+                f"--overlap {overlap} is more than half the tile ({source} {edge}); give at most "
+                f"--overlap {edge // 2}, or a larger --tile"
+            )
 
 
 def set_threads(n: int | None) -> None:
@@ -147,6 +211,29 @@ def load_model(path: str | None) -> TomosegModel:
 
 # --------------------------------------------------------------------------------------------
 # output
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and inf turned into None (JSON null), numpy scalars and arrays into
+    Python numbers and lists, tuples into lists; recursively."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def json_text(value: Any) -> str:
+    """Valid JSON for ``value`` (NaN and inf as null; anything else unknown as its text)."""
+    import json
+
+    return json.dumps(json_safe(value), allow_nan=False, default=str)
 
 
 def format_number(v: float) -> str:

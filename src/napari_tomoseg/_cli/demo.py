@@ -16,6 +16,7 @@ import numpy as np
 from napari_tomoseg._cli.common import (
     CliError,
     add_inference_options,
+    check_inference_options,
     format_table,
     inference_config,
     load_model,
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_tomoseg.core.phantom.composite import PhantomConfig, make_phantom
     from napari_tomoseg.core.segment import Segmenter
 
+    check_inference_options(args)
     set_threads(args.threads)
     folder = Path(args.output) if args.output else fresh_folder(Path("tomoseg-demo"))
     if folder.exists() and any(folder.iterdir()):
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     ph = make_phantom(PhantomConfig(shape=tuple(args.shape)), seed=args.seed)
     t_synth = time.perf_counter() - t0
     model = load_model(args.model)
+    check_inference_options(args, model)
     result = run_plan(Segmenter(model, inference_config(args)).plan(ph.volume))
     n = len(model.phases)
     unet = jaccard_per_phase(result.labels, ph.labels, n)

@@ -8,12 +8,11 @@ grey-level baseline column, fractions, volumes and the confusion matrix.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 import numpy as np
 
-from napari_tomoseg._cli.common import CliError, format_table
+from napari_tomoseg._cli.common import CliError, format_table, json_text
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -45,11 +44,24 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(
             f"prediction {pred.shape} and reference {ref.shape} differ in shape; they must match voxel for voxel"
         )
-    for name, arr in (("prediction", pred), ("reference", ref)):
+    for name, arr, path in (
+        ("prediction", pred, args.prediction),
+        ("reference", ref, args.reference),
+    ):
         if not np.issubdtype(arr.dtype, np.integer):
             raise CliError(
                 f"{name} has dtype {arr.dtype}; expected integer phase labels (1..C, 0 = none)"
             )
+        if arr.dtype.kind == "i" and arr.size and int(arr.min()) < 0:
+            raise CliError(
+                f"the {name} {path} holds negative ids (e.g. {int(arr.min())}); label files hold "
+                "0 (none) and phase ids 1..C: remap them first"
+            )
+    if not ref.any():
+        raise CliError(
+            f"the reference {args.reference} has no annotated voxel (every voxel is 0 = not "
+            "annotated): nothing to score; give a reference with phase ids 1..C"
+        )
     image = None
     if args.image:
         image = io.read_volume(args.image, lazy=True)
@@ -75,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         # Scored as always: a prediction of 0 on an annotated voxel is a miss, not left out.
         result = _jaccard_only(pred, ref, phases)
         if args.json:
-            print(json.dumps(result))
+            print(json_text(result))
         else:
             scores = [np.nan if v is None else v for v in result["per_phase"].values()]
             print(format_table(phases.names, {"Jaccard": scores}))
@@ -92,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         prediction_name=str(args.prediction),
         reference_name=str(args.reference),
     )
-    print(json.dumps(evaluation.to_json()) if args.json else evaluation_text(evaluation))
+    print(json_text(evaluation.to_json()) if args.json else evaluation_text(evaluation))
     return 0
 
 

@@ -8,12 +8,13 @@ Printed as ``key: value`` lines or, with --json, one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from napari_tomoseg._cli.common import json_text
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -26,10 +27,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Print the summary of a model or a volume file."""
-    path = Path(args.file)
-    info = model_info(path) if path.suffix == ".safetensors" else volume_info(path)
+    path = Path(args.file).expanduser()
+    info = model_info(path) if path.suffix.lower() == ".safetensors" else volume_info(path)
     if args.json:
-        print(json.dumps(info, default=str))
+        print(json_text(info))
     else:
         for k, v in info.items():
             print(f"{k:>22}: {v}")

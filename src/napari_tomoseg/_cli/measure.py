@@ -9,14 +9,13 @@ LABELS (read lazily) + --image, --mask, --voxel-size (or the files' own) + --wha
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from napari_tomoseg._cli.common import CliError, progress_bar
+from napari_tomoseg._cli.common import CliError, json_text, progress_bar
 from napari_tomoseg.core.phases import PhaseTable
 
 #: Endings stripped from the labels' file name to name the CSV files.
@@ -233,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         folder.mkdir(exist_ok=True)  # its parent was checked to exist
         written = write_csvs(result, folder, stem=stem, overwrite=args.overwrite)
     if args.json:
-        print(json.dumps(result.to_dict(), allow_nan=False))
+        print(json_text(result.to_dict()))
     else:
         print(result.summary_text())
         if written:

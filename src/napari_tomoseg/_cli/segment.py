@@ -17,6 +17,9 @@ import numpy as np
 from napari_tomoseg._cli.common import (
     CliError,
     add_inference_options,
+    check_inference_options,
+    check_number,
+    check_outputs,
     inference_config,
     load_model,
     run_plan,
@@ -69,6 +72,13 @@ def run(args: argparse.Namespace) -> int:
     """Segment ``args.input`` into ``args.output``; print the speed and the phase fractions."""
     from napari_tomoseg.core import io
 
+    # Options and outputs first: a typo or an output that is the input fails before any work.
+    check_inference_options(args)
+    if args.local_cluster is not None:
+        check_number(args.local_cluster, "--local-cluster", minimum=1)
+    if args.scheduler is not None and args.local_cluster is not None:
+        raise CliError("give either --scheduler or --local-cluster, not both")
+    check_outputs([args.output, args.uncertainty], [args.input, args.model])
     out_path = io.check_output_path(args.output, overwrite=args.overwrite)
     unc_path = (
         io.check_output_path(args.uncertainty, overwrite=args.overwrite)
@@ -77,15 +87,14 @@ def run(args: argparse.Namespace) -> int:
     )
     if unc_path is not None and unc_path.resolve() == out_path.resolve():
         raise CliError("-o and --uncertainty name the same file; give two different paths")
-    if args.scheduler and args.local_cluster:
-        raise CliError("give either --scheduler or --local-cluster, not both")
     config = inference_config(args)  # checks --memory and the other options early
     model = load_model(args.model)
+    check_inference_options(args, model)
     volume = io.read_volume(args.input, dataset=args.dataset, lazy=True)
     set_threads(args.threads)
     voxel_size = io.read_voxel_size(args.input, dataset=args.dataset)
     shape = tuple(int(s) for s in volume.shape)
-    if args.scheduler or args.local_cluster:
+    if args.scheduler is not None or args.local_cluster is not None:
         if unc_path is not None:
             raise CliError("--uncertainty is not available with --scheduler / --local-cluster yet")
         from napari_tomoseg.core.segment.distributed import segment_distributed
@@ -111,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             source = stack.enter_context(
                 io.rechunked(volume, folder=out_path.parent, name=str(args.input))
             )
-            plan = segmenter.plan(source, probabilities=unc_path is not None)
+            plan = segmenter.plan(source, probabilities=unc_path is not None, name=str(args.input))
             if plan.settings.memory_estimate is not None and config.memory is not None:
                 log.info(
                     "memory budget %s: %d slices per block, %d tiles per batch, expected peak %s",

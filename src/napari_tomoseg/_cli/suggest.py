@@ -7,12 +7,19 @@ volume + model -> per-voxel uncertainty (entropy; axis disagreement in 2d-3axes 
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 import numpy as np
 
-from napari_tomoseg._cli.common import CliError, load_model, progress_bar, set_threads
+from napari_tomoseg._cli.common import (
+    CliError,
+    check_number,
+    check_outputs,
+    json_text,
+    load_model,
+    progress_bar,
+    set_threads,
+)
 from napari_tomoseg.core.model.modes import AXES, MODES
 
 
@@ -23,11 +30,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise CliError(f"-n must be >= 1, got {args.n}")
+    check_number(args.threads, "--threads", minimum=1)
+    check_outputs([args.uncertainty], [args.input, args.annotations, args.model])
     if args.uncertainty:
         uncertainty_path = io.check_output_path(args.uncertainty, overwrite=args.overwrite)
     model = load_model(args.model)
     volume = io.read_volume(args.input, lazy=True)
     io.check_volume(volume, name=str(args.input))
+    volume = io.finite_checked(volume, str(args.input))
     annotations = None
     if args.annotations:
         annotations = io.read_labels(args.annotations)
@@ -67,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.json:
         print(
-            json.dumps(
+            json_text(
                 {
                     "axis": args.axis,
                     "slices": [{"index": s.index, "score": s.score} for s in ranked],

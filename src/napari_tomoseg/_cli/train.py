@@ -16,6 +16,8 @@ import numpy as np
 
 from napari_tomoseg._cli.common import (
     CliError,
+    check_number,
+    check_outputs,
     format_table,
     load_model,
     parse_duration,
@@ -52,18 +54,30 @@ def run(args: argparse.Namespace) -> int:
     from napari_tomoseg.core.phases import PhaseTable
 
     t_start = time.perf_counter()
-    out = Path(args.output)
+    out = Path(args.output).expanduser()
     if out.suffix != ".safetensors":
         raise CliError(f"model files end in .safetensors, got {out.name!r}")
+    check_number(args.steps, "--steps", minimum=1)
+    check_number(args.lr, "--lr", above=0)
+    check_number(args.patience, "--patience", minimum=1)
+    check_number(args.threads, "--threads", minimum=1)
+    check_number(args.seed, "--seed", minimum=0)
+    check_number(args.context_slices, "--context-slices", minimum=1)
+    check_outputs([out], [args.input, args.annotations, args.base])
     if out.exists() and not args.overwrite:
         raise CliError(f"{out} exists; choose another name or pass --overwrite to replace it")
     if not out.parent.is_dir():
         raise CliError(f"folder {out.parent} does not exist; create it first")
+    # Before any training: a model that cannot be saved must not cost a whole run.
+    io.check_writable_folder(out.parent)
+    io.remove_stale_temporaries(out.parent)
     budget = parse_duration(args.budget) if args.budget is not None else None
     if budget is None and args.steps is None:
         budget = 120.0
     volume = io.read_volume(args.input, lazy=True)
     io.check_volume(volume, name=str(args.input))
+    # Every slice read for training is checked for NaN / inf, named after the file.
+    volume = io.finite_checked(volume, str(args.input))
     annotations = io.read_labels(args.annotations)
     if annotations.shape != tuple(volume.shape):
         raise CliError(

@@ -133,6 +133,10 @@ def open_tiff(path: Path) -> tifffile.TiffFile:
             ) from err
         try:
             problem = _tiff_problem(tif)
+            if problem is None and any("invalid page offset" in c for c in complaints):
+                # The chain of pages points beyond the end: pages were cut off (tifffile then
+                # falls back to the pages it found, e.g. one 2D image).
+                problem = "its list of pages ends beyond the end of the file"
         except TIFF_ERRORS as err:
             problem = str(err)
         except BaseException:
@@ -152,6 +156,10 @@ def _tiff_problem(tif: tifffile.TiffFile) -> str | None:
     if not tif.series:
         return "no image in it"
     series = tif.series[0]
+    imagej = tif.imagej_metadata if tif.is_imagej else None
+    images = imagej.get("images") if isinstance(imagej, dict) else None
+    if isinstance(images, int) and images > len(tif.pages):
+        return f"it holds {len(tif.pages)} of the {images} images its ImageJ header declares"
     pages = [p for p in series.pages if p is not None]
     if not pages:
         return "no image data"
