@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
 
-from napari_tomoseg._napari.files import is_same_or_inside, source_path
+from napari_tomoseg._napari.files import source_path
 from napari_tomoseg._napari.writer import voxel_size_um
+from napari_tomoseg.core.io import check_not_input
 
 __all__ = [
     "check_not_source",
@@ -57,11 +58,13 @@ def check_not_source(path: Path, layers: Sequence[Any]) -> None:
         lazy = not isinstance(getattr(layer, "data", None), np.ndarray)
         if not isinstance(layer, Image) and not lazy:
             continue
-        if is_same_or_inside(Path(path), src):
+        try:  # same path, symlink, hard link, inside the volume's folder (the core's check)
+            check_not_input(path, [src])
+        except ValueError as err:
             raise ValueError(
                 f"{path} is the file of layer {layer.name!r} ({src}); it is never written over, "
                 "choose another file"
-            )
+            ) from err
 
 
 def write_text_atomic(path: Path, text: str) -> None:
