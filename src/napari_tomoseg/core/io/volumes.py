@@ -154,8 +154,8 @@ def _check_finite(arr: Any, slabs: Iterator[np.ndarray], *, name: str, sampled: 
                 n_inf += int(np.count_nonzero(np.isinf(plane)))
         if bad:
             counts = (
-                f"{n_nan} NaN and {n_inf} infinite values found in {len(bad)} of {n} z-slices "
-                "checked"
+                f"{n_nan} NaN and {n_inf} infinite values found in {len(bad)} of the {len(zs)} "
+                f"z-slices checked of {n}"
             )
             raise NonFiniteError(name, bad[0], counts=counts)
         return
