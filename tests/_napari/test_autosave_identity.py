@@ -217,15 +217,20 @@ def test_stale_partial_autosave_is_removed_by_the_next_save(make_napari_viewer, 
     target = autosave_path(image)
     target.parent.mkdir(parents=True, exist_ok=True)
     stale = target.with_name(f".{target.name}.0badf00d.partial.tif")
+    # named by the core's temp_path in a process that is gone: removed whatever its age
+    from napari_tomoseg.core.io.write import temp_path
+
+    dead = temp_path(target, "partial")
+    dead = dead.with_name(dead.name.replace(f"-{os.getpid()}-", "-999999999-"))
     fresh = target.with_name(f".{target.name}.1234abcd.partial.tif")
     foreign = target.with_name(f".{target.name}.notes")
-    for p in (stale, fresh, foreign):
+    for p in (stale, fresh, foreign, dead):
         p.write_bytes(b"half")
     old = time.time() - STALE_PARTIAL_SECONDS - 60
     os.utime(stale, (old, old))
     os.utime(foreign, (old, old))
     _paint_and_save(_annotator(viewer, qtbot), (1, 1, 1), 1, wait_job)
-    assert not stale.exists()
+    assert not stale.exists() and not dead.exists()
     assert fresh.exists()  # perhaps a save still running in another napari
     assert foreign.exists()  # not a partial autosave
     assert target.is_file()

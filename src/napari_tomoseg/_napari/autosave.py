@@ -154,14 +154,15 @@ def iter_save_annotations(
 
 
 def remove_stale_partials(path: Path, older_than: float = STALE_PARTIAL_SECONDS) -> list[Path]:
-    """Delete the hidden partial files of ``path`` (``.<name>.<random>.partial<suffix>``) that a save
-    killed midway left behind: those not touched for ``older_than`` seconds (a live save, perhaps of
-    another napari, is younger). Returns what was removed; a file that cannot be removed is left."""
-    from napari_tomoseg.core.io.write import remove_path
+    """Delete the hidden partial files of ``path`` that a save killed midway left behind: those whose
+    name says their process is gone (the core's ``remove_stale_temporaries``), and any other
+    ``.<name>.*.partial*`` not touched for ``older_than`` seconds (a live save, perhaps of another
+    napari, is younger). Returns what was removed; a file that cannot be removed is left."""
+    from napari_tomoseg.core.io.write import remove_path, remove_stale_temporaries
 
-    removed: list[Path] = []
     if not path.parent.is_dir():
-        return removed
+        return []
+    removed = remove_stale_temporaries(path.parent)
     now = time.time()
     prefix = f".{path.name}."
     for p in path.parent.iterdir():
