@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CliError",
     "add_inference_options",
+    "check_grey_volume",
     "check_inference_options",
     "check_number",
     "check_outputs",
@@ -119,11 +120,20 @@ def set_threads(n: int | None) -> None:
     torch.set_num_threads(n)
 
 
+def check_grey_volume(volume: Any, path: Any) -> None:
+    """Refuse a boolean volume: it has no grey levels to segment (it is a mask or labels)."""
+    if np.dtype(volume.dtype) == np.bool_:
+        raise CliError(
+            f"{path} is a boolean (binary) volume: it has no grey levels to segment; give the "
+            "grey-value scan (a mask or labels go to --mask or --annotations)"
+        )
+
+
 def parse_duration(text: str) -> float:
     """``120``, ``120s``, ``2m``, ``1.5min``, ``1h`` -> seconds."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|sec|m|min|h)?\s*", text)
     if not m:
-        raise CliError(f"cannot read the duration {text!r}; write e.g. 120s, 2m or 120")
+        raise CliError(f"--budget: cannot read the duration {text!r}; write e.g. 120s, 2m or 120")
     value = (
         float(m.group(1)) * {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
     )

@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
             f"{labels_path} holds {dtype} values, not integer phase ids; give a label volume "
             "(e.g. from tomoseg segment), or pass the grey volume with --image"
         )
-    phases = io.read_label_phases(labels_path) or _numbered_phases(labels)
+    phases = io.read_label_phases(labels_path) or _numbered_phases(labels, labels_path)
     for n in names:
         try:
             phases.id_of(n)
@@ -251,7 +251,7 @@ def _same_shape(arr: Any, path: str, shape: tuple[int, ...], what: str) -> Any:
     return arr
 
 
-def _numbered_phases(labels: Any) -> PhaseTable:
+def _numbered_phases(labels: Any, path: Any) -> PhaseTable:
     """``phase 1`` ... ``phase N`` for a label file without a phase table (N: its largest id)."""
     top = 0
     step = max(1, (1 << 24) // max(1, int(np.prod(labels.shape[1:]))))
@@ -260,8 +260,7 @@ def _numbered_phases(labels: Any) -> PhaseTable:
         if slab.size:
             if int(slab.min()) < 0:
                 raise CliError(
-                    f"the labels hold negative ids ({int(slab.min())}); phase ids are 1..C, "
-                    "0 for none"
+                    f"{path} holds negative ids ({int(slab.min())}); phase ids are 1..C, 0 for none"
                 )
             top = max(top, int(slab.max()))
     if top == 0:

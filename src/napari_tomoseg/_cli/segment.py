@@ -17,6 +17,7 @@ import numpy as np
 from napari_tomoseg._cli.common import (
     CliError,
     add_inference_options,
+    check_grey_volume,
     check_inference_options,
     check_number,
     check_outputs,
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     check_inference_options(args, model)
     volume = io.read_volume(args.input, dataset=args.dataset, lazy=True)
+    check_grey_volume(volume, args.input)
     set_threads(args.threads)
     voxel_size = io.read_voxel_size(args.input, dataset=args.dataset)
     shape = tuple(int(s) for s in volume.shape)

@@ -13,6 +13,7 @@ import numpy as np
 
 from napari_tomoseg._cli.common import (
     CliError,
+    check_grey_volume,
     check_number,
     check_outputs,
     json_text,
@@ -37,13 +38,15 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     volume = io.read_volume(args.input, lazy=True)
     io.check_volume(volume, name=str(args.input))
+    check_grey_volume(volume, args.input)
     volume = io.finite_checked(volume, str(args.input))
     annotations = None
     if args.annotations:
         annotations = io.read_labels(args.annotations)
         if annotations.shape != tuple(volume.shape):
             raise CliError(
-                f"annotations have shape {annotations.shape} but the volume is {tuple(volume.shape)}"
+                f"annotations {args.annotations} have shape {annotations.shape} but the volume is "
+                f"{tuple(volume.shape)}; they must match voxel for voxel"
             )
     set_threads(args.threads)
     axis = AXES[args.axis]

@@ -16,6 +16,7 @@ import numpy as np
 
 from napari_tomoseg._cli.common import (
     CliError,
+    check_grey_volume,
     check_number,
     check_outputs,
     format_table,
@@ -76,9 +77,13 @@ def run(args: argparse.Namespace) -> int:
         budget = 120.0
     volume = io.read_volume(args.input, lazy=True)
     io.check_volume(volume, name=str(args.input))
+    check_grey_volume(volume, args.input)
     # Every slice read for training is checked for NaN / inf, named after the file.
     volume = io.finite_checked(volume, str(args.input))
-    annotations = io.read_labels(args.annotations)
+    try:
+        annotations = io.read_labels(args.annotations)
+    except ValueError as err:
+        raise CliError(f"{args.annotations}: {err}") from None
     if annotations.shape != tuple(volume.shape):
         raise CliError(
             f"annotations {args.annotations} have shape {annotations.shape} but the volume is "
@@ -120,7 +125,10 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience,
     )
     set_threads(args.threads)
-    plan = plan_finetune(volume.shape, annotations, base=base, phases=phases, config=config)
+    try:
+        plan = plan_finetune(volume.shape, annotations, base=base, phases=phases, config=config)
+    except ValueError as err:  # about the annotations: name their file
+        raise CliError(f"{args.annotations}: {err}") from None
     n_slices = len(set(plan.train_slices) | set(plan.validation_slices))
     print(
         f"fine-tuning {'from scratch' if base is None else (base.source.name if base.source else 'model')} "
