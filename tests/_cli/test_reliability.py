@@ -451,28 +451,32 @@ def test_a_later_run_removes_what_killed_runs_left_but_not_live_ones(data, tmp_p
     assert _hidden(tmp_path) == sorted(p.name for p in (live, other_host, unrelated))
 
 
-def _run_and_signal(argv: list[str], sig: int, delay: float) -> subprocess.CompletedProcess:
+def _run_and_signal(argv: list[str], sig: int, folder: Path) -> subprocess.CompletedProcess:
+    """Run ``tomoseg ARGV`` and send ``sig`` once its temporary store shows up in ``folder``."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "napari_tomoseg.cli", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(delay)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not _hidden(folder) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # well inside the run: blocks are being written
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=300)
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_and_sigint_clean_up_like_ctrl_c(tmp_path, sig, code):
-    vol = np.random.default_rng(0).integers(0, 255, (64, 256, 256), dtype=np.uint8)
+    vol = np.random.default_rng(0).integers(0, 255, (96, 384, 384), dtype=np.uint8)
     io.write_volume(tmp_path / "vol.tif", vol)
     folder = tmp_path / "out"
     folder.mkdir()
     argv = ["segment", str(tmp_path / "vol.tif"), "-o", str(folder / "l.tif"), "--device", "cpu"]
-    done = _run_and_signal(argv, sig, 12.0)
+    done = _run_and_signal(argv, sig, folder)
     if done.returncode == 0:
         pytest.skip("the segmentation finished before the signal")
     assert done.returncode == code, done.stderr
@@ -481,12 +485,15 @@ def test_sigterm_and_sigint_clean_up_like_ctrl_c(tmp_path, sig, code):
 
 @pytest.mark.slow
 def test_kill_9_litter_is_removed_by_the_next_run(tmp_path):
-    vol = np.random.default_rng(0).integers(0, 255, (64, 256, 256), dtype=np.uint8)
+    vol = np.random.default_rng(0).integers(0, 255, (96, 384, 384), dtype=np.uint8)
     io.write_volume(tmp_path / "vol.tif", vol)
     folder = tmp_path / "out"
     folder.mkdir()
     argv = ["segment", str(tmp_path / "vol.tif"), "-o", str(folder / "l.tif"), "--device", "cpu"]
-    _run_and_signal(argv, signal.SIGKILL, 12.0)
+    _run_and_signal(argv, signal.SIGKILL, folder)
     assert not (folder / "l.tif").exists()
-    assert main([*argv[:3], "-o", str(folder / "m.tif"), *FAST]) == 0
+    assert _hidden(folder)  # what kill -9 leaves behind
+    small = tmp_path / "small.tif"
+    io.write_volume(small, vol[:4, :48, :48])
+    assert main(["segment", str(small), "-o", str(folder / "m.tif"), *FAST]) == 0
     assert sorted(p.name for p in folder.iterdir()) == ["m.tif"]
