@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from qtpy.QtCore import QTimer
 
 from napari_tomoseg._napari.jobs import JobControls, JobRunner, JobState
 from napari_tomoseg.core.progress import Cancelled
@@ -114,3 +115,35 @@ def test_failure_notifies_and_calls_on_error(qtbot, wait_job, errors):
     assert wait_job(runner) is JobState.FAILED
     assert isinstance(failures[0], ValueError) and runner.error is failures[0]
     assert errors == ["Segmenting failed: the volume is broken"]
+
+
+def test_a_job_started_from_on_return_is_not_ended_by_the_first_ones_finish(qtbot, wait_job):
+    # Fine-tuning plans in one job and trains in the next, started from the first job's on_return:
+    # the first worker's ``finished`` arrives after the second job is running and must not end it.
+    runner = JobRunner("Two steps")
+    release = threading.Event()
+
+    def second(token):
+        while not release.is_set() and not token.cancelled:
+            time.sleep(0.01)
+            yield 1
+        return "trained"
+
+    def first(token):
+        yield 0
+        return "planned"
+
+    results = []
+
+    def start_second(result):
+        results.append(result)
+        # as the Fine-tune widget does: right after this handler, possibly before ``finished``
+        QTimer.singleShot(0, lambda: runner.start(second, on_return=results.append))
+
+    runner.start(first, on_return=start_second)
+    qtbot.waitUntil(lambda: results == ["planned"] and runner.running, timeout=10_000)
+    qtbot.wait(300)  # let the first worker's finished signal arrive
+    assert runner.state is JobState.RUNNING and not runner.worker_finished
+    release.set()
+    assert wait_job(runner) is JobState.DONE
+    assert results == ["planned", "trained"]

@@ -263,13 +263,18 @@ class JobRunner:
             self._fail(err.original if isinstance(err, _JobFailed) else err, on_error)
 
         def aborted() -> None:  # window closed: quit() stopped the generator between events
-            self._set_state(JobState.STOPPED)
+            if self.worker is worker:
+                self._set_state(JobState.STOPPED)
 
         def finished() -> None:
-            self.worker_finished = True
             pbar.close()
             if self._pbar is pbar:
                 self._pbar = None
+            # A job's on_return may start the next job (planning -> training): this worker's
+            # ``finished`` then arrives after the new one is RUNNING and must not end it.
+            if self.worker is not worker:
+                return
+            self.worker_finished = True
             if self.state is JobState.RUNNING:  # aborted without a result
                 self._set_state(JobState.STOPPED)
 
