@@ -32,13 +32,14 @@ PRIVATE_FRONT_ENDS = {"_cli", "_napari"}
 ROOM_IMPORTS: dict[str, set[str]] = {
     "phases": set(),
     "progress": set(),
-    "io": {"phases", "progress"},
-    "prep": {"phases", "progress", "io"},
+    "checks": set(),
+    "io": {"phases", "progress", "checks"},
+    "prep": {"phases", "progress", "checks", "io"},
     "phantom": {"phases", "progress"},
-    "model": {"phases", "progress", "io", "prep"},
-    "segment": {"phases", "progress", "io", "prep", "model"},
-    "measure": {"phases", "progress", "io", "prep", "model", "segment"},
-    "learn": {"phases", "progress", "io", "prep", "model", "segment"},
+    "model": {"phases", "progress", "checks", "io", "prep"},
+    "segment": {"phases", "progress", "checks", "io", "prep", "model"},
+    "measure": {"phases", "progress", "checks", "io", "prep", "model", "segment"},
+    "learn": {"phases", "progress", "checks", "io", "prep", "model", "segment"},
 }
 #: Modules of other rooms that learn may import although their room is not in its list.
 LEARN_MAY_USE = {f"{PACKAGE}.core.measure.metrics"}
@@ -361,3 +362,21 @@ def test_light_rooms_import_neither_torch_nor_a_gui(name: str) -> None:
 def test_rooms_import_no_gui_library(name: str) -> None:
     found = _probe(name)
     assert found["gui"] == [], f"importing {name} (and submodules) loads {found['gui']}"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        f"{PACKAGE}.core.prep.intensity",
+        f"{PACKAGE}.core.learn.train",
+        f"{PACKAGE}.core.model.files",
+    ],
+)
+def test_normalisation_training_and_model_files_load_without_the_io_room(name: str) -> None:
+    # A finite check or a model load must not drag in zarr / tifffile / the file readers.
+    code = (
+        f"import sys, importlib; importlib.import_module({name!r}); "
+        "print(sorted(m for m in ('zarr', 'tifffile', 'napari_tomoseg.core.io') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from napari_tomoseg.core import io
-from napari_tomoseg.core.io.checks import FiniteCheckedVolume, first_nonfinite
+from napari_tomoseg.core.checks import FiniteCheckedVolume, first_nonfinite
 from napari_tomoseg.core.prep.intensity import robust_range
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def test_a_npy_declaring_more_than_it_holds_is_truncated(tmp_path, lazy):
 
 
 def test_reading_more_than_the_memory_is_refused_with_the_estimate(tmp_path, monkeypatch):
-    monkeypatch.setattr("napari_tomoseg.core.io.checks.available_memory", lambda: 1000)
+    monkeypatch.setattr("napari_tomoseg.core.checks.available_memory", lambda: 1000)
     p = tmp_path / "v.npy"
     np.save(p, np.arange(2 * 30 * 30, dtype=np.uint16).reshape(2, 30, 30))
     with pytest.raises(io.InsufficientMemoryError, match=r"v\.npy.*3\.6 kB.*1\.0 kB"):

@@ -23,8 +23,8 @@ Modules, lowest first:
 - :mod:`.metadata`: napari-tomoseg's metadata block, voxel sizes and units, phase tables in files;
 - :mod:`.volumes`: one reader per format, :class:`LazySliceStack`, :func:`read_volume`,
   :func:`read_labels`, :func:`check_volume`;
-- :mod:`.checks`: NaN / inf found where blocks are read (:func:`finite_checked`), memory checked
-  before a big read (:func:`check_fits_memory`);
+- :mod:`napari_tomoseg.core.checks` (re-exported here): NaN / inf found where blocks are read
+  (:func:`finite_checked`), memory checked before a big read (:func:`check_fits_memory`);
 - :mod:`.write`: :func:`check_output_path`, :func:`check_not_input`, stale temporaries, atomic writers, :func:`write_labels`, :func:`write_volume`,
   the uint8 zarr store constructor;
 - :mod:`.streaming`: outputs written block by block, chunk checks, lazy dask views;
@@ -41,7 +41,7 @@ everything else reads and writes files through here.
 
 from __future__ import annotations
 
-from napari_tomoseg.core.io.checks import (
+from napari_tomoseg.core.checks import (
     FiniteCheckedVolume,
     InsufficientMemoryError,
     NonFiniteError,

@@ -24,7 +24,7 @@ import numpy.typing as npt
 import tifffile
 import zarr
 
-from napari_tomoseg.core.io.checks import (
+from napari_tomoseg.core.checks import (
     NonFiniteError,
     check_fits_memory,
     first_nonfinite,

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from napari_tomoseg.core.io.checks import finite_checked
+from napari_tomoseg.core.checks import finite_checked
 from napari_tomoseg.core.model.modes import AXIS_NAMES, TrainMode, finetuned_mode
 from napari_tomoseg.core.phases import PhaseTable
 from napari_tomoseg.core.progress import CancelToken, run_to_completion

@@ -20,7 +20,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from napari_tomoseg.core.io.checks import check_finite
+from napari_tomoseg.core.checks import check_finite
 from napari_tomoseg.core.learn.augment import random_dihedral, random_intensity
 from napari_tomoseg.core.learn.losses import masked_cross_entropy, phase_weights, soft_jaccard_loss
 from napari_tomoseg.core.progress import CancelToken, run_to_completion

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from napari_tomoseg.core.io.write import check_writable_folder, remove_stale_temporaries, temp_path
 from napari_tomoseg.core.model.modes import AXES, MODES, Mode
 from napari_tomoseg.core.model.network import ModularUNet, UNetConfig
 from napari_tomoseg.core.phases import PhaseTable
@@ -117,6 +116,13 @@ def save_model(
         "inference": json.dumps(asdict(model.defaults)),
         "provenance": json.dumps(model.provenance, default=str),
     }
+    # io (zarr, tifffile) only when a model is saved: loading a model never needs it.
+    from napari_tomoseg.core.io.write import (
+        check_writable_folder,
+        remove_stale_temporaries,
+        temp_path,
+    )
+
     check_writable_folder(path.parent)
     remove_stale_temporaries(path.parent)  # model files a killed run left half-written
     # A recognisable temporary name (process and machine in it), renamed only when complete.

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from napari_tomoseg.core.io.checks import NonFiniteError, check_finite
+from napari_tomoseg.core.checks import NonFiniteError, check_finite
 
 
 @dataclass(frozen=True)

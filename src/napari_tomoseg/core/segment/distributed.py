@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from napari_tomoseg.core import io
-from napari_tomoseg.core.io.checks import finite_checked
+from napari_tomoseg.core.checks import finite_checked
 from napari_tomoseg.core.model import TomosegModel
 from napari_tomoseg.core.progress import Cancelled, CancelToken, SegmentProgress, run_to_completion
 from napari_tomoseg.core.segment.device import precision_name, resolve_device, resolve_precision

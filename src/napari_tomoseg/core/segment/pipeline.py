@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from napari_tomoseg.core.io.checks import finite_checked
+from napari_tomoseg.core.checks import finite_checked
 from napari_tomoseg.core.model import TomosegModel
 from napari_tomoseg.core.progress import Cancelled, CancelToken, SegmentProgress, run_to_completion
 from napari_tomoseg.core.segment.memory import format_bytes
@@ -131,9 +131,9 @@ class Segmenter:
 
         A caller segmenting part of a volume (a preview, a block) prepares the whole volume once and
         passes ``grey_range`` to :meth:`plan` with the prepared part. A float volume is read through
-        :func:`~napari_tomoseg.core.io.checks.finite_checked`: every block read (the grey range's
+        :func:`~napari_tomoseg.core.checks.finite_checked`: every block read (the grey range's
         sample, ring detection, each region) raises
-        :class:`~napari_tomoseg.core.io.checks.NonFiniteError` naming ``name`` and the first
+        :class:`~napari_tomoseg.core.checks.NonFiniteError` naming ``name`` and the first
         z-slice holding NaN or inf, so no region is ever segmented from NaN.
         """
         norm = self.model.normalization

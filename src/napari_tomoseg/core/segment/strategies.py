@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from napari_tomoseg.core.io.checks import FiniteCheckedVolume, check_finite
+from napari_tomoseg.core.checks import FiniteCheckedVolume, check_finite
 from napari_tomoseg.core.prep.intensity import apply_range
 from napari_tomoseg.core.progress import CancelToken
 from napari_tomoseg.core.segment.options import ResolvedInference

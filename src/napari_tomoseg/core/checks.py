@@ -6,7 +6,8 @@ lazy volume -> :func:`finite_checked` (a read-only view that checks every block 
 declared shape -> :func:`check_fits_memory` (against :func:`available_memory`) before anything is
 allocated -> :class:`InsufficientMemoryError` saying what to do instead
 
-The lowest modules of the room only: this one imports nothing else from napari_tomoseg.
+Shared by the io, prep, segment and learn rooms; numpy and the standard library only, so that a
+module needing a finite check does not import the io room (zarr, tifffile) with it.
 """
 
 from __future__ import annotations
