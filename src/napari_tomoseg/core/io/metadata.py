@@ -34,6 +34,7 @@ from napari_tomoseg.core.io.formats import (
 from napari_tomoseg.core.phases import PhaseTable
 
 __all__ = [
+    "LENGTH_UNITS_UM",
     "METADATA_KEY",
     "METADATA_VERSION",
     "check_voxel_size",
@@ -50,9 +51,8 @@ METADATA_KEY = "tomoseg"
 #: Version of the metadata block, stored in it as ``version``.
 METADATA_VERSION = 1
 
-# Length units ImageJ and OME-Zarr files use, in micrometres.
-
-_UNIT_TO_UM = {
+#: Length units (ImageJ and OME-Zarr spellings, and what people type), in micrometres.
+LENGTH_UNITS_UM: dict[str, float] = {
     "um": 1.0,
     "µm": 1.0,  # micro sign
     "μm": 1.0,  # greek mu
@@ -65,9 +65,13 @@ _UNIT_TO_UM = {
     "nm": 1e-3,
     "nanometer": 1e-3,
     "nanometre": 1e-3,
+    "nanometers": 1e-3,
+    "nanometres": 1e-3,
     "mm": 1e3,
     "millimeter": 1e3,
     "millimetre": 1e3,
+    "millimeters": 1e3,
+    "millimetres": 1e3,
     "cm": 1e4,
     "centimeter": 1e4,
     "m": 1e6,
@@ -137,7 +141,7 @@ def _unit_factor(unit: Any) -> float | None:
     if not isinstance(unit, str):
         return None
     key = unit.strip().lower().replace("\\u00b5", "µ")
-    return _UNIT_TO_UM.get(key)
+    return LENGTH_UNITS_UM.get(key)
 
 
 def _own_voxel_size(meta: dict[str, Any] | None) -> tuple[float, float, float] | None:

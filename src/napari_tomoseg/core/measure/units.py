@@ -14,34 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from napari_tomoseg.core.io.metadata import LENGTH_UNITS_UM
 from napari_tomoseg.core.model.modes import AXIS_NAMES as AXES  # axis names in array order
 
 __all__ = ["AXES", "Units", "parse_axis", "parse_voxel_size"]
 
-# Micrometres per unit. Kept here rather than imported from io.metadata, whose table is private and
-# also holds ImageJ spellings that make no sense on a command line.
-_UNIT_TO_UM = {
-    "": 1.0,
-    "um": 1.0,
-    "µm": 1.0,  # micro sign
-    "μm": 1.0,  # greek mu
-    "micron": 1.0,
-    "microns": 1.0,
-    "micrometer": 1.0,
-    "micrometre": 1.0,
-    "micrometers": 1.0,
-    "micrometres": 1.0,
-    "nm": 1e-3,
-    "nanometer": 1e-3,
-    "nanometre": 1e-3,
-    "nanometers": 1e-3,
-    "nanometres": 1e-3,
-    "mm": 1e3,
-    "millimeter": 1e3,
-    "millimetre": 1e3,
-    "millimeters": 1e3,
-    "millimetres": 1e3,
-}
+# Micrometres per unit: the units voxel sizes are read in from files, and none (default µm).
+_UNIT_TO_UM = {"": 1.0, **LENGTH_UNITS_UM}
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _TEXT = re.compile(rf"^\s*({_NUMBER}(?:\s*[,;x×]\s*{_NUMBER}){{0,2}})\s*([^\d\s.,;+-][^\s]*)?\s*$")
 _HOW = (
