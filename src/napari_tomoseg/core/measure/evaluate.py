@@ -15,13 +15,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from napari_tomoseg.core.measure.inputs import (
+    MeasureProgress,
+    check_cancel,
+    json_number,
+    slab_ranges,
+)
 from napari_tomoseg.core.measure.metrics import (
     ConfusionAccumulator,
     jaccard_from_confusion,
     mean_jaccard,
 )
 from napari_tomoseg.core.phases import PhaseTable
-from napari_tomoseg.core.progress import Cancelled, CancelToken, run_to_completion
+from napari_tomoseg.core.progress import CancelToken, run_to_completion
 
 __all__ = ["Evaluation", "EvaluationProgress", "evaluate", "iter_evaluate"]
 
@@ -32,21 +38,10 @@ COMPARING = "comparing"
 BASELINE = "grey-level baseline"
 
 
-@dataclass(frozen=True)
-class EvaluationProgress:
-    """Where an evaluation stands: the current step and ``done`` of ``total`` voxel reads.
-
-    Steps are ``"comparing"`` (one pass over prediction and reference) and, with an image,
-    ``"grey-level baseline"`` (a pass to fit the classifier, one to score it).
-    """
-
-    step: str
-    done: int
-    total: int
-
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 1.0
+#: Where an evaluation stands: the current step and ``done`` of ``total`` voxel reads. Steps are
+#: ``"comparing"`` (one pass over prediction and reference) and, with an image,
+#: ``"grey-level baseline"`` (a pass to fit the classifier, one to score it).
+EvaluationProgress = MeasureProgress
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,15 +109,18 @@ class Evaluation:
         rows: list[list[Any]] = []
         v = float(np.prod(self.voxel_size)) if self.voxel_size is not None else 1.0
         for i, name in enumerate(self.phases.names):
-            row: list[Any] = [name, _number(self.jaccard[i])]
+            row: list[Any] = [name, json_number(self.jaccard[i])]
             if self.baseline_jaccard is not None:
-                row.append(_number(self.baseline_jaccard[i]))
-            row += [_number(self.prediction_fractions[i]), _number(self.reference_fractions[i])]
-            row.append(_number(float(self.prediction_voxels[i]) * v))
+                row.append(json_number(self.baseline_jaccard[i]))
+            row += [
+                json_number(self.prediction_fractions[i]),
+                json_number(self.reference_fractions[i]),
+            ]
+            row.append(json_number(float(self.prediction_voxels[i]) * v))
             rows.append(row)
-        mean: list[Any] = ["mean", _number(self.mean_jaccard)]
+        mean: list[Any] = ["mean", json_number(self.mean_jaccard)]
         if self.baseline_jaccard is not None:
-            mean.append(_number(self.baseline_mean))
+            mean.append(json_number(self.baseline_mean))
         rows.append(mean + [None] * (len(header) - len(mean)))
         return header, rows
 
@@ -134,14 +132,14 @@ class Evaluation:
             "reference": self.reference_name,
             "region": self.region,
             "evaluated_voxels": self.n_evaluated,
-            "jaccard": {n: _number(self.jaccard[i]) for i, n in enumerate(names)},
-            "mean_jaccard": _number(self.mean_jaccard),
+            "jaccard": {n: json_number(self.jaccard[i]) for i, n in enumerate(names)},
+            "mean_jaccard": json_number(self.mean_jaccard),
             "grey_level_baseline": None
             if self.baseline_jaccard is None
             else {
                 "note": self.baseline_note,
-                "jaccard": {n: _number(self.baseline_jaccard[i]) for i, n in enumerate(names)},
-                "mean_jaccard": _number(self.baseline_mean),
+                "jaccard": {n: json_number(self.baseline_jaccard[i]) for i, n in enumerate(names)},
+                "mean_jaccard": json_number(self.baseline_mean),
             },
             "confusion_matrix": {
                 "rows": "reference phase",
@@ -149,17 +147,9 @@ class Evaluation:
                 "counts": {n: self.confusion[i + 1].tolist() for i, n in enumerate(names)},
             },
             "prediction_fractions": {
-                n: _number(self.prediction_fractions[i]) for i, n in enumerate(names)
+                n: json_number(self.prediction_fractions[i]) for i, n in enumerate(names)
             },
         }
-
-
-def _number(v: Any) -> float | None:
-    """A plain float, or None for a missing or undefined (NaN) number."""
-    if v is None:
-        return None
-    f = float(v)
-    return None if np.isnan(f) else f
 
 
 def iter_evaluate(
@@ -247,8 +237,7 @@ def iter_evaluate(
     done = 0
 
     def step(name: str) -> EvaluationProgress:
-        if cancel is not None and cancel.cancelled:
-            raise Cancelled("evaluation stopped")
+        check_cancel(cancel, "evaluation")
         return EvaluationProgress(name, done, total)
 
     # One pass: confusion matrix, phase counts per slice, misclassified voxels.
@@ -413,9 +402,7 @@ class _Selection:
 
 def _slabs(shape: tuple[int, ...]) -> list[tuple[int, int]]:
     """``(start, stop)`` ranges of whole z-slices, about :data:`SLAB_VOXELS` voxels each."""
-    per_slice = max(1, shape[1] * shape[2])
-    step = max(1, SLAB_VOXELS // per_slice)
-    return [(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
+    return slab_ranges(shape[0], SLAB_VOXELS // max(1, shape[1] * shape[2]))
 
 
 def _fractions(counts: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
