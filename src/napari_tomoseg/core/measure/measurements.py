@@ -35,6 +35,7 @@ from napari_tomoseg.core.measure.inputs import (
 from napari_tomoseg.core.measure.objects import BYTES_PER_VOXEL as OBJECT_BYTES_PER_VOXEL
 from napari_tomoseg.core.measure.objects import DEFAULT_MAX_MEMORY, ObjectTable, iter_objects
 from napari_tomoseg.core.measure.orientation import FibreOrientation, iter_fibre_orientation
+from napari_tomoseg.core.measure.report import table_to_csv
 from napari_tomoseg.core.measure.surfaces import SurfaceAreas, iter_surface_areas
 from napari_tomoseg.core.measure.thickness import BYTES_PER_VOXEL as THICKNESS_BYTES_PER_VOXEL
 from napari_tomoseg.core.measure.thickness import LocalThickness, iter_local_thickness
@@ -421,7 +422,7 @@ class Measurements:
         texts = {}
         for measure, (header, rows) in self.tables().items():
             lines = [f"# napari-tomoseg {__version__}: {measure}", *self._csv_header(measure)]
-            body = _csv(header, rows) if header else ""
+            body = table_to_csv(header, rows) if header else ""
             texts[measure] = "".join(f"{line}\n" for line in lines) + body
         return texts
 
@@ -530,18 +531,6 @@ def _rows_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]
     for r in rows:
         header += [k for k in r if k not in header]
     return header, [[r.get(k) for k in header] for r in rows]
-
-
-def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for row in rows:
-        w.writerow(["" if v is None else v for v in row])
-    return buf.getvalue()
 
 
 def _finite(obj: Any) -> Any:
@@ -817,7 +806,11 @@ def _check_budget(shape: tuple[int, int, int], what: Sequence[str], max_memory: 
 def csv_paths(measurements: Measurements, folder: str | Path, stem: str) -> dict[str, Path]:
     """The CSV file of each measure taken: ``<folder>/<stem>_<measure>.csv``."""
     folder = Path(folder).expanduser()
-    return {m: folder / f"{stem}_{m}.csv" for m in measurements.tables()}
+    return {m: _csv_path(folder, stem, m) for m in measurements.tables()}
+
+
+def _csv_path(folder: Path, stem: str, measure: str) -> Path:
+    return folder / f"{stem}_{measure}.csv"
 
 
 def write_csvs(
@@ -862,7 +855,8 @@ def write_csvs(
         )
     if not folder.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "the CSV output is not a folder", str(folder))
-    paths = csv_paths(measurements, folder, stem)
+    texts = measurements.csv_texts()
+    paths = {m: _csv_path(folder, stem, m) for m in texts}  # the tables are built once
     existing = [p for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(
@@ -871,7 +865,6 @@ def write_csvs(
             "choose another folder or allow overwriting (--overwrite)",
             str(existing[0]),
         )
-    texts = measurements.csv_texts()
     written = []
     for measure, path in paths.items():
         with atomic_output(path, overwrite=overwrite, folder=False) as tmp:

@@ -17,6 +17,7 @@ import numpy as np
 
 from napari_tomoseg import __version__
 from napari_tomoseg.core.measure.evaluate import Evaluation
+from napari_tomoseg.core.measure.inputs import json_number
 from napari_tomoseg.core.phases import PhaseTable
 
 __all__ = ["build_report", "evaluation_text", "format_cell", "report_csv", "table_to_csv"]
@@ -71,7 +72,7 @@ def build_report(
                 "name": s.name,
                 "colour": phases.phases[s.id - 1].colour,
                 "voxels": s.voxels,
-                "fraction": _finite(float(s.fraction)),
+                "fraction": json_number(s.fraction),
                 "volume_um3": s.volume_um3,
             }
             for s in stats
@@ -80,7 +81,7 @@ def build_report(
     if evaluation is not None:
         report["evaluation"] = evaluation.to_json()
         for entry in report["phases"]:
-            entry["jaccard"] = _finite(float(evaluation.jaccard[entry["id"] - 1]))
+            entry["jaccard"] = json_number(evaluation.jaccard[entry["id"] - 1])
     if model_provenance is not None or model_name is not None:
         report["model"] = {"name": model_name, "provenance": model_provenance}
     return report
@@ -155,7 +156,3 @@ def _align(cells: list[list[str]]) -> list[str]:
         ).rstrip()
         for row in cells
     ]
-
-
-def _finite(v: float) -> float | None:
-    return v if np.isfinite(v) else None
