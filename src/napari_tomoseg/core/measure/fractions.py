@@ -277,12 +277,12 @@ def iter_fractions(
             lab, m = pending.result()
             pending = pool.submit(read, *ranges[k + 1]) if k + 1 < len(ranges) else None
             check_cancel(cancel, "measuring fractions")
-            counts = _count(lab, None if ax is None else ax, n_ids, phases)
+            # With a mask the profile is counted inside it (below): the whole needs totals only.
+            counts = _count(lab, ax if m is None else None, n_ids, phases)
+            whole += counts.sum(axis=0)
             if m is None:
-                whole += counts.sum(axis=0)
                 profile_counts = counts
             else:
-                whole += counts.sum(axis=0)
                 # Outside the mask becomes an id no phase has; counting it again keeps one code path.
                 inside_lab = np.where(m, lab, n_ids).astype(np.min_scalar_type(n_ids), copy=False)
                 profile_counts = _count(inside_lab, ax, n_ids, phases, extra=True)
