@@ -50,10 +50,25 @@ def opt(
 
 
 SEG = ("vol.tif",)
+LABELS = ("labels.tif",)
+SEGMENT = ("segment", "vol.tif", "-o", "out.tif")
 TRAIN = ("train", "vol.tif", "--annotations", "ann.tif", "-o", "m.safetensors", "--steps", "2")
 TRAIN_FILES = ("vol.tif", "ann.tif")
+CLEAN = ("clean", "labels.tif", "-o", "c.tif", "--phase", "1")
+SYNTH = ("synth", "-o", "v.tif", "--labels", "t.tif", "--shape")
+MEASURE = ("measure", "labels.tif")
+DEMO = ("demo", "--shape", "8", "32", "32")
 SYM = ("sym", "link.tif", "vol.tif")
 HARD = ("hard", "hard.tif", "vol.tif")
+LEARNING_RATE = ("learning rate", "learning_rate")
+
+
+def train_with(*, volume: str = "vol.tif", annotations: str = "ann.tif") -> Case:
+    """``TRAIN`` with one bad input in place of the good one; the message must name it."""
+    bad = annotations if volume == "vol.tif" else volume
+    argv = (TRAIN[0], volume, TRAIN[2], annotations, *TRAIN[4:])
+    return Case(argv, (volume, annotations), (bad,))
+
 
 CASES: dict[str, Case] = {
     # --- readers, through `segment` (the same readers serve every command) --------------------
@@ -102,9 +117,7 @@ CASES: dict[str, Case] = {
         links=(HARD,),
     ),
     "segment-uncertainty-is-input": Case(
-        ("segment", "vol.tif", "-o", "out.tif", "--uncertainty", "vol.tif", "--overwrite"),
-        SEG,
-        ("vol.tif",),
+        (*SEGMENT, "--uncertainty", "vol.tif", "--overwrite"), SEG, ("vol.tif",)
     ),
     "segment-zarr-output-is-input": Case(
         ("segment", "vol.zarr", "-o", "vol.zarr", "--overwrite"), ("vol.zarr",), ("vol.zarr",)
@@ -127,43 +140,23 @@ CASES: dict[str, Case] = {
         ("segment", "vol.tif", "-o", "out.png"), SEG, ("out.png",)
     ),
     # --- segment options ------------------------------------------------------------------------
-    "segment-tile-0": opt(
-        "segment", "vol.tif", "-o", "out.tif", "--tile", "0", files=SEG, name="--tile"
-    ),
-    "segment-tile-negative": opt(
-        "segment", "vol.tif", "-o", "out.tif", "--tile", "-64", files=SEG, name="--tile"
-    ),
-    "segment-overlap-negative": opt(
-        "segment", "vol.tif", "-o", "out.tif", "--overlap", "-3", files=SEG, name="--overlap"
-    ),
+    "segment-tile-0": opt(*SEGMENT, "--tile", "0", files=SEG, name="--tile"),
+    "segment-tile-negative": opt(*SEGMENT, "--tile", "-64", files=SEG, name="--tile"),
+    "segment-overlap-negative": opt(*SEGMENT, "--overlap", "-3", files=SEG, name="--overlap"),
     "segment-batch-size-0": opt(
-        "segment",
-        "vol.tif",
-        "-o",
-        "out.tif",
+        *SEGMENT,
         "--batch-size",
         "0",
         files=SEG,
         name="--batch-size",
         also=("batch size", "batch_size"),
     ),
-    "segment-memory-0": opt(
-        "segment", "vol.tif", "-o", "out.tif", "--memory", "0", files=SEG, name="--memory"
-    ),
-    "segment-memory-nan": opt(
-        "segment", "vol.tif", "-o", "out.tif", "--memory", "nan", files=SEG, name="--memory"
-    ),
-    "segment-memory-negative": opt(
-        "segment", "vol.tif", "-o", "out.tif", "--memory", "-2G", files=SEG, name="--memory"
-    ),
-    "segment-threads-0": opt(
-        "segment", "vol.tif", "-o", "out.tif", "--threads", "0", files=SEG, name="--threads"
-    ),
+    "segment-memory-0": opt(*SEGMENT, "--memory", "0", files=SEG, name="--memory"),
+    "segment-memory-nan": opt(*SEGMENT, "--memory", "nan", files=SEG, name="--memory"),
+    "segment-memory-negative": opt(*SEGMENT, "--memory", "-2G", files=SEG, name="--memory"),
+    "segment-threads-0": opt(*SEGMENT, "--threads", "0", files=SEG, name="--threads"),
     "segment-local-cluster-0": opt(
-        "segment",
-        "vol.tif",
-        "-o",
-        "out.tif",
+        *SEGMENT,
         "--local-cluster",
         "0",
         files=SEG,
@@ -171,15 +164,7 @@ CASES: dict[str, Case] = {
         also=("local cluster", "local_cluster"),
     ),
     "segment-device-nonsense": opt(
-        "segment",
-        "vol.tif",
-        "-o",
-        "out.tif",
-        "--device",
-        "toaster",
-        files=SEG,
-        name="--device",
-        also=("toaster",),
+        *SEGMENT, "--device", "toaster", files=SEG, name="--device", also=("toaster",)
     ),
     # --- the model loader, through `segment --model` and `info` --------------------------------
     "model-missing": seg("vol.tif", "--model", "nothere.safetensors", match="nothere.safetensors"),
@@ -240,72 +225,12 @@ CASES: dict[str, Case] = {
         ("ann.tif",),
         ("nothere.tif",),
     ),
-    "train-annotations-other-shape": Case(
-        (
-            "train",
-            "vol.tif",
-            "--annotations",
-            "labels_other_shape.tif",
-            "-o",
-            "m.safetensors",
-            "--steps",
-            "2",
-        ),
-        ("vol.tif", "labels_other_shape.tif"),
-        ("labels_other_shape.tif",),
-    ),
-    "train-annotations-unknown-phase": Case(
-        (
-            "train",
-            "vol.tif",
-            "--annotations",
-            "ann_unknown.tif",
-            "-o",
-            "m.safetensors",
-            "--steps",
-            "2",
-        ),
-        ("vol.tif", "ann_unknown.tif"),
-        ("ann_unknown.tif",),
-    ),
-    "train-annotations-negative": Case(
-        (
-            "train",
-            "vol.tif",
-            "--annotations",
-            "labels_negative.tif",
-            "-o",
-            "m.safetensors",
-            "--steps",
-            "2",
-        ),
-        ("vol.tif", "labels_negative.tif"),
-        ("labels_negative.tif",),
-    ),
-    "train-annotations-all-zero": Case(
-        (
-            "train",
-            "vol.tif",
-            "--annotations",
-            "ann_zero.tif",
-            "-o",
-            "m.safetensors",
-            "--steps",
-            "2",
-        ),
-        ("vol.tif", "ann_zero.tif"),
-        ("ann_zero.tif",),
-    ),
-    "train-annotations-huge-npy": Case(
-        ("train", "vol.tif", "--annotations", "huge.npy", "-o", "m.safetensors", "--steps", "2"),
-        ("vol.tif", "huge.npy"),
-        ("huge.npy",),
-    ),
-    "train-volume-nan-slice": Case(
-        ("train", "nan5.tif", "--annotations", "ann.tif", "-o", "m.safetensors", "--steps", "2"),
-        ("nan5.tif", "ann.tif"),
-        ("nan5.tif",),
-    ),
+    "train-annotations-other-shape": train_with(annotations="labels_other_shape.tif"),
+    "train-annotations-unknown-phase": train_with(annotations="ann_unknown.tif"),
+    "train-annotations-negative": train_with(annotations="labels_negative.tif"),
+    "train-annotations-all-zero": train_with(annotations="ann_zero.tif"),
+    "train-annotations-huge-npy": train_with(annotations="huge.npy"),
+    "train-volume-nan-slice": train_with(volume="nan5.tif"),
     "train-output-is-input": Case(
         ("train", "vol.tif", "--annotations", "ann.tif", "-o", "vol.tif", "--overwrite"),
         TRAIN_FILES,
@@ -330,24 +255,10 @@ CASES: dict[str, Case] = {
     ),
     "train-steps-0": opt(*TRAIN[:-1], "0", files=TRAIN_FILES, name="--steps"),
     "train-steps-negative": opt(*TRAIN[:-1], "-5", files=TRAIN_FILES, name="--steps"),
-    "train-lr-nan": opt(
-        *TRAIN,
-        "--lr",
-        "nan",
-        files=TRAIN_FILES,
-        name="--lr",
-        also=("learning rate", "learning_rate"),
-    ),
-    "train-lr-0": opt(
-        *TRAIN, "--lr", "0", files=TRAIN_FILES, name="--lr", also=("learning rate", "learning_rate")
-    ),
+    "train-lr-nan": opt(*TRAIN, "--lr", "nan", files=TRAIN_FILES, name="--lr", also=LEARNING_RATE),
+    "train-lr-0": opt(*TRAIN, "--lr", "0", files=TRAIN_FILES, name="--lr", also=LEARNING_RATE),
     "train-lr-negative": opt(
-        *TRAIN,
-        "--lr",
-        "-1e-3",
-        files=TRAIN_FILES,
-        name="--lr",
-        also=("learning rate", "learning_rate"),
+        *TRAIN, "--lr", "-1e-3", files=TRAIN_FILES, name="--lr", also=LEARNING_RATE
     ),
     "train-budget-0": opt(*TRAIN[:-2], "--budget", "0", files=TRAIN_FILES, name="--budget"),
     "train-budget-nan": opt(*TRAIN[:-2], "--budget", "nan", files=TRAIN_FILES, name="--budget"),
@@ -385,18 +296,18 @@ CASES: dict[str, Case] = {
     # --- clean ----------------------------------------------------------------------------------
     "clean-output-is-input": Case(
         ("clean", "labels.tif", "-o", "labels.tif", "--phase", "1", "--overwrite"),
-        ("labels.tif",),
+        LABELS,
         ("labels.tif",),
     ),
     "clean-output-symlink-to-input": Case(
         ("clean", "labels.tif", "-o", "link.tif", "--phase", "1", "--overwrite"),
-        ("labels.tif",),
+        LABELS,
         ("link.tif", "labels.tif"),
         links=(("sym", "link.tif", "labels.tif"),),
     ),
     "clean-output-hardlink-to-input": Case(
         ("clean", "labels.tif", "-o", "hard.tif", "--phase", "1", "--overwrite"),
-        ("labels.tif",),
+        LABELS,
         ("hard.tif", "labels.tif"),
         links=(("hard", "hard.tif", "labels.tif"),),
     ),
@@ -409,67 +320,29 @@ CASES: dict[str, Case] = {
         ("clean", "huge.npy", "-o", "c.tif", "--phase", "1"), ("huge.npy",), ("huge.npy",)
     ),
     "clean-unknown-phase": opt(
-        "clean",
-        "labels.tif",
-        "-o",
-        "c.tif",
-        "--phase",
-        "unobtainium",
-        files=("labels.tif",),
-        name="--phase",
-        also=("unobtainium",),
+        *CLEAN[:-1], "unobtainium", files=LABELS, name="--phase", also=("unobtainium",)
     ),
     "clean-min-aspect-nan": opt(
-        "clean",
-        "labels.tif",
-        "-o",
-        "c.tif",
-        "--phase",
-        "1",
+        *CLEAN,
         "--min-aspect",
         "nan",
-        files=("labels.tif",),
+        files=LABELS,
         name="--min-aspect",
         also=("min_aspect", "min aspect"),
     ),
     "clean-min-aspect-negative": opt(
-        "clean",
-        "labels.tif",
-        "-o",
-        "c.tif",
-        "--phase",
-        "1",
+        *CLEAN,
         "--min-aspect",
         "-2",
-        files=("labels.tif",),
+        files=LABELS,
         name="--min-aspect",
         also=("min_aspect", "min aspect"),
     ),
     "clean-min-area-negative": opt(
-        "clean",
-        "labels.tif",
-        "-o",
-        "c.tif",
-        "--phase",
-        "1",
-        "--min-area",
-        "-1",
-        files=("labels.tif",),
-        name="--min-area",
-        also=("min_area", "min area"),
+        *CLEAN, "--min-area", "-1", files=LABELS, name="--min-area", also=("min_area", "min area")
     ),
     "clean-min-area-nan": opt(
-        "clean",
-        "labels.tif",
-        "-o",
-        "c.tif",
-        "--phase",
-        "1",
-        "--min-area",
-        "nan",
-        files=("labels.tif",),
-        name="--min-area",
-        also=("min_area", "min area"),
+        *CLEAN, "--min-area", "nan", files=LABELS, name="--min-area", also=("min_area", "min area")
     ),
     # --- suggest --------------------------------------------------------------------------------
     "suggest-missing": Case(("suggest", "nothere.tif"), (), ("nothere.tif",)),
@@ -489,47 +362,9 @@ CASES: dict[str, Case] = {
         ("labels_other_shape.tif",),
     ),
     # --- synth ----------------------------------------------------------------------------------
-    "synth-shape-0": opt(
-        "synth",
-        "-o",
-        "v.tif",
-        "--labels",
-        "t.tif",
-        "--shape",
-        "0",
-        "32",
-        "32",
-        files=(),
-        name="--shape",
-    ),
-    "synth-shape-negative": opt(
-        "synth",
-        "-o",
-        "v.tif",
-        "--labels",
-        "t.tif",
-        "--shape",
-        "8",
-        "-32",
-        "32",
-        files=(),
-        name="--shape",
-    ),
-    "synth-noise-nan": opt(
-        "synth",
-        "-o",
-        "v.tif",
-        "--labels",
-        "t.tif",
-        "--shape",
-        "8",
-        "32",
-        "32",
-        "--noise",
-        "nan",
-        files=(),
-        name="--noise",
-    ),
+    "synth-shape-0": opt(*SYNTH, "0", "32", "32", files=(), name="--shape"),
+    "synth-shape-negative": opt(*SYNTH, "8", "-32", "32", files=(), name="--shape"),
+    "synth-noise-nan": opt(*SYNTH, "8", "32", "32", "--noise", "nan", files=(), name="--noise"),
     "synth-output-equals-labels": Case(
         ("synth", "-o", "v.tif", "--labels", "v.tif", "--shape", "8", "32", "32"),
         (),
@@ -547,13 +382,9 @@ CASES: dict[str, Case] = {
     ),
     # --- demo -----------------------------------------------------------------------------------
     "demo-shape-0": opt("demo", "--shape", "0", "0", "0", files=(), name="--shape"),
-    "demo-tile-0": opt("demo", "--shape", "8", "32", "32", "--tile", "0", files=(), name="--tile"),
-    "demo-memory-nan": opt(
-        "demo", "--shape", "8", "32", "32", "--memory", "nan", files=(), name="--memory"
-    ),
-    "demo-output-parent-is-a-file": Case(
-        ("demo", "--shape", "8", "32", "32", "--output", "vol.tif/demo"), SEG, ("vol.tif",)
-    ),
+    "demo-tile-0": opt(*DEMO, "--tile", "0", files=(), name="--tile"),
+    "demo-memory-nan": opt(*DEMO, "--memory", "nan", files=(), name="--memory"),
+    "demo-output-parent-is-a-file": Case((*DEMO, "--output", "vol.tif/demo"), SEG, ("vol.tif",)),
     # --- measure --------------------------------------------------------------------------------
     "measure-missing": Case(("measure", "nothere.tif"), (), ("nothere.tif",)),
     "measure-negative-labels": Case(
@@ -569,39 +400,26 @@ CASES: dict[str, Case] = {
         ("labels_other_shape.tif", "shape"),
     ),
     "measure-csv-into-input": Case(
-        ("measure", "labels.tif", "--csv", "labels.tif", "--overwrite"),
-        ("labels.tif",),
-        ("labels.tif",),
+        ("measure", "labels.tif", "--csv", "labels.tif", "--overwrite"), LABELS, ("labels.tif",)
     ),
-    "measure-voxel-size-0": opt(
-        "measure", "labels.tif", "--voxel-size", "0", files=("labels.tif",), name="--voxel-size"
-    ),
+    "measure-voxel-size-0": opt(*MEASURE, "--voxel-size", "0", files=LABELS, name="--voxel-size"),
     "measure-voxel-size-nan": opt(
-        "measure", "labels.tif", "--voxel-size", "nan", files=("labels.tif",), name="--voxel-size"
+        *MEASURE, "--voxel-size", "nan", files=LABELS, name="--voxel-size"
     ),
     "measure-voxel-size-negative": opt(
-        "measure", "labels.tif", "--voxel-size", "-1.3", files=("labels.tif",), name="--voxel-size"
+        *MEASURE, "--voxel-size", "-1.3", files=LABELS, name="--voxel-size"
     ),
-    "measure-slab-0": opt(
-        "measure", "labels.tif", "--slab", "0", files=("labels.tif",), name="--slab"
-    ),
+    "measure-slab-0": opt(*MEASURE, "--slab", "0", files=LABELS, name="--slab"),
     "measure-fibre-radius-nan": opt(
-        "measure",
-        "labels.tif",
+        *MEASURE,
         "--fibre-radius",
         "nan",
-        files=("labels.tif",),
+        files=LABELS,
         name="--fibre-radius",
         also=("fibre radius", "fibre_radius"),
     ),
     "measure-unknown-phase": opt(
-        "measure",
-        "labels.tif",
-        "--phase",
-        "unobtainium",
-        files=("labels.tif",),
-        name="--phase",
-        also=("unobtainium",),
+        *MEASURE, "--phase", "unobtainium", files=LABELS, name="--phase", also=("unobtainium",)
     ),
 }
 
