@@ -149,6 +149,7 @@ def test_probabilities_are_written(sample_viewer, small_phantom, qtbot, tmp_path
     assert wait_job(w.runner) is JobState.DONE
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "pred-probabilities.tif"), probs)
     assert not (tmp_path / "pred-report.json").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
 
 
 def test_existing_files_are_replaced_only_when_the_user_agrees(

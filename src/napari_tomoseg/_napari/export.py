@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -274,16 +273,12 @@ def _write_probabilities(
     import tifffile
 
     from napari_tomoseg.core import io
+    from napari_tomoseg.core.io.write import atomic_output
 
     path = io.check_output_path(path, overwrite=overwrite)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.tif")
-    try:
-        meta: dict[str, Any] = {"axes": "CZYX"}
-        if voxel is not None:
-            meta["voxel_size_um"] = list(voxel)
+    meta: dict[str, Any] = {"axes": "CZYX"}
+    if voxel is not None:
+        meta["voxel_size_um"] = list(voxel)
+    with atomic_output(path, overwrite=overwrite, folder=False) as tmp:
         tifffile.imwrite(tmp, probs, compression="zlib", metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
