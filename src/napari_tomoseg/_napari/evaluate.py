@@ -19,7 +19,7 @@ from magicgui.widgets import CheckBox, Container, Label, PushButton
 from qtpy.QtWidgets import QApplication
 
 from napari_tomoseg._napari.jobs import JobControls, JobRunner
-from napari_tomoseg._napari.layers import LayerPicker, geometry, is_labels, layer_phases
+from napari_tomoseg._napari.layers import LayerPicker, layer_phases, upsert_labels
 from napari_tomoseg._napari.notify import notify_error, notify_info
 from napari_tomoseg._napari.outputs import choose_output_path, layer_voxel_size, write_text_atomic
 from napari_tomoseg._napari.state import state_for
@@ -375,14 +375,7 @@ class EvaluateWidget(Container):
 
         layers = self.viewer.layers
         like = layers[result.prediction_name] if result.prediction_name in layers else None
-        where = geometry(like)
-        if ERRORS_LAYER in layers and is_labels(layers[ERRORS_LAYER]):
-            layer = layers[ERRORS_LAYER]
-            layer.data = errors
-            for k, v in where.items():
-                setattr(layer, k, v)
-        else:
-            layer = self.viewer.add_labels(errors, name=ERRORS_LAYER, opacity=0.8, **where)
+        layer = upsert_labels(self.viewer, ERRORS_LAYER, errors, like=like, opacity=0.8)
         layer.colormap = DirectLabelColormap(
             color_dict={None: "transparent", 0: "transparent", 1: ERROR_COLOUR}
         )

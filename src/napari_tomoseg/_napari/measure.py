@@ -19,7 +19,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication
 
 from napari_tomoseg._napari.jobs import JobControls, JobRunner
-from napari_tomoseg._napari.layers import LayerPicker, geometry, is_labels, layer_phases
+from napari_tomoseg._napari.layers import LayerPicker, layer_phases, upsert_labels
 from napari_tomoseg._napari.measure_plots import MeasurePlots
 from napari_tomoseg._napari.notify import notify_error, notify_info
 from napari_tomoseg._napari.outputs import choose_folder, confirm_overwrite, layer_voxel_size
@@ -323,10 +323,9 @@ class MeasureWidget(Container):
         self._measured = layer
         header, rows = m.summary_table()
         self.table.show_rows(header, rows)
-        size = "calibrated" if m.units.calibrated else "voxels"
         units = (
             "voxel size (z, y, x) = " + ", ".join(f"{v:g}" for v in m.units.spacing) + " µm"
-            if size == "calibrated"
+            if m.units.calibrated
             else "lengths in voxels (no voxel size)"
         )
         lines = [f"{m.name}: {' x '.join(map(str, m.shape))} voxels; {units}."]
@@ -399,14 +398,7 @@ class MeasureWidget(Container):
             f"equivalent diameter ({u.length})": [0.0, *table.equivalent_diameter.tolist()],
             "touches border": [False, *table.touches_border.tolist()],
         }
-        layers = self.viewer.layers
-        if name in layers and is_labels(layers[name]):
-            out = layers[name]
-            out.data = table.labels
-            for k, v in geometry(like).items():
-                setattr(out, k, v)
-        else:
-            out = self.viewer.add_labels(table.labels, name=name, **geometry(like))
+        out = upsert_labels(self.viewer, name, table.labels, like=like)
         out.features = features
         self.controls.status.value = f"{len(table):,} objects of {table.phase} in layer {name!r}."
 
