@@ -71,17 +71,8 @@ def test_train_with_slices_phases_and_validation_slices(data, tmp_path, capsys):
 )
 def test_train_bad_options_fail_cleanly_without_a_model(data, tmp_path, fails, extra, match):
     out = tmp_path / "m.safetensors"
-    argv = [
-        "train",
-        str(data / "vol.tif"),
-        "-a",
-        str(data / "ann.tif"),
-        "-o",
-        str(out),
-        "--steps",
-        "1",
-    ]
-    fails([*argv, *extra], match)
+    argv = ["train", str(data / "vol.tif"), "-a", str(data / "ann.tif"), "-o", str(out)]
+    fails([*argv, "--steps", "1", *extra], match)
     assert not out.exists()
 
 
@@ -101,19 +92,10 @@ def test_train_bad_annotations_fail_cleanly(data, tmp_path, fails):
 def test_train_never_overwrites_an_existing_file(data, tmp_path, fails):
     out = tmp_path / "m.safetensors"
     out.write_bytes(b"precious")
-    argv = [
-        "train",
-        str(data / "vol.tif"),
-        "-a",
-        str(data / "ann.tif"),
-        "-o",
-        str(out),
-        "--steps",
-        "1",
-    ]
-    fails(argv, "exists")
+    argv = ["train", str(data / "vol.tif"), "-a", str(data / "ann.tif"), "-o", str(out)]
+    fails([*argv, "--steps", "1"], "exists")
     assert out.read_bytes() == b"precious"
-    fails([*argv[:-4], "-o", str(tmp_path / "m.pt"), "--steps", "1"], ".safetensors")
+    fails([*argv[:-2], "-o", str(tmp_path / "m.pt"), "--steps", "1"], ".safetensors")
 
 
 def test_train_with_a_corrupt_base_model_fails_cleanly(data, tmp_path, fails):
