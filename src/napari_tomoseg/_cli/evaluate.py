@@ -109,21 +109,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _jaccard_only(pred: np.ndarray, ref: np.ndarray, phases: Any) -> dict[str, Any]:
-    """Per-phase Jaccard, mean and confusion matrix (reference rows 1..C) as JSON types."""
+    """Per-phase Jaccard, mean and confusion matrix (reference rows 1..C) as JSON types; the
+    reference holds annotated voxels (checked by :func:`run`)."""
     from napari_tomoseg.core.measure.evaluate import evaluate
 
-    if not ref.any():  # nothing to score: every phase is undefined, as it always was
-        cm = np.zeros((len(phases) + 1, len(phases) + 1), np.int64)
-        scores = np.full(len(phases), np.nan)
-        mean = float("nan")
-    else:
-        ev = evaluate(pred, ref, phases=phases, exclude_outside=False)
-        cm, scores, mean = ev.confusion, ev.jaccard, ev.mean_jaccard
+    ev = evaluate(pred, ref, phases=phases, exclude_outside=False)
     return {
         "per_phase": {
             name: (None if np.isnan(s) else float(s))
-            for name, s in zip(phases.names, scores, strict=True)
+            for name, s in zip(phases.names, ev.jaccard, strict=True)
         },
-        "mean": mean,
-        "confusion_matrix": cm[1:, :].tolist(),
+        "mean": ev.mean_jaccard,
+        "confusion_matrix": ev.confusion[1:, :].tolist(),
     }
