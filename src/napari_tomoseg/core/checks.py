@@ -27,7 +27,7 @@ __all__ = [
     "check_finite",
     "check_fits_memory",
     "finite_checked",
-    "format_size",
+    "format_bytes",
     "shape_bytes",
 ]
 
@@ -220,13 +220,15 @@ def available_memory() -> int | None:
     return found
 
 
-def format_size(n: float) -> str:
-    """``n`` bytes in the largest fitting unit (``12.0 GB``; decimal units)."""
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} PB"  # pragma: no cover
+def format_bytes(n: float, *, decimals: int = 2) -> str:
+    """``n`` bytes in the largest fitting decimal unit: ``1.23 GB`` (as ``parse_memory`` reads it back).
+
+    ``decimals`` digits after the point; whole bytes below a kilobyte (``512 B``).
+    """
+    for unit, f in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= f:
+            return f"{n / f:.{decimals}f} {unit}"
+    return f"{n:.0f} B"
 
 
 def check_fits_memory(
@@ -253,8 +255,8 @@ def check_fits_memory(
     if available is None or nbytes <= available:
         return
     raise InsufficientMemoryError(
-        f"{name}: {what} needs about {format_size(nbytes)} of memory, but only "
-        f"{format_size(available)} is available; {hint}"
+        f"{name}: {what} needs about {format_bytes(nbytes, decimals=1)} of memory, but only "
+        f"{format_bytes(available, decimals=1)} is available; {hint}"
     )
 
 

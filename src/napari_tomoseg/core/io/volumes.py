@@ -28,7 +28,7 @@ from napari_tomoseg.core.checks import (
     NonFiniteError,
     check_fits_memory,
     first_nonfinite,
-    format_size,
+    format_bytes,
     shape_bytes,
 )
 from napari_tomoseg.core.io.formats import (
@@ -532,8 +532,8 @@ def _read_npy(path: Path, dataset: str | None, lazy: bool) -> Any:
         if declared > stored:
             raise ValueError(
                 f"cannot read {path}: it is truncated or corrupt (its header declares shape "
-                f"{shape} {dtype}, {format_size(declared)}, but the file holds "
-                f"{format_size(max(0, stored))} of data)"
+                f"{shape} {dtype}, {format_bytes(declared, decimals=1)}, but the file holds "
+                f"{format_bytes(max(0, stored), decimals=1)} of data)"
             )
         check_readable(shape, dtype, path, lazy=lazy)
     try:

@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from napari_tomoseg.core.checks import format_bytes
 from napari_tomoseg.core.model import Mode, TomosegModel
 from napari_tomoseg.core.segment.tiling import ORTHO_GROUP, ORTHO_TILE, plane_shape, plane_tiling
 
@@ -60,14 +61,6 @@ def parse_memory(text: str | int) -> int:
     if value <= 0:
         raise ValueError(f"memory budget must be positive, got {text!r}")
     return value
-
-
-def format_bytes(n: float) -> str:
-    """``1.23 GB`` style (decimal units, as :func:`parse_memory` reads them back)."""
-    for unit, f in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= f:
-            return f"{n / f:.2f} {unit}"
-    return f"{int(n)} B"
 
 
 @dataclass(frozen=True)
