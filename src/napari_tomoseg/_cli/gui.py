@@ -1,18 +1,24 @@
 """``tomoseg gui [VOLUME]``: napari with the napari-tomoseg widgets docked and a volume (or the sample).
 
-argument check (before any window opens) -> napari.Viewer -> open VOLUME with our reader (or the
+napari and a Qt binding installed? (else one line with the pip command, exit 2) -> argument check
+(before any window opens) -> napari.Viewer -> open VOLUME with our reader (or the
 synthetic sample) -> dock every napari-tomoseg widget (tabbed, Segment in front) -> napari.run().
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from napari_tomoseg._cli.common import CliError
 
 PLUGIN = "napari-tomoseg"
+#: What installs napari, a Qt binding and everything the widgets need (the ``napari`` extra).
+INSTALL_NAPARI = 'pip install "napari-tomoseg[napari]"'
+#: Exit code when the GUI's packages are missing: the environment, not the input, is wrong.
+MISSING_PACKAGE_EXIT = 2
 #: Docked first, in this order; any other widget of the manifest follows.
 FIRST = ("Segment", "Annotate", "Fine-tune")
 
@@ -25,6 +31,23 @@ def _widget_names() -> list[str]:
     manifest = yaml.safe_load((files("napari_tomoseg") / "napari.yaml").read_text())
     names = [w["display_name"] for w in manifest["contributions"].get("widgets", [])]
     return [n for n in FIRST if n in names] + [n for n in names if n not in FIRST]
+
+
+def missing_gui_packages() -> str | None:
+    """What is missing to open the GUI, as one line with the pip command; None if nothing is."""
+    try:
+        import napari  # noqa: F401
+    except ImportError:
+        return f"napari is not installed: {INSTALL_NAPARI}"
+    try:
+        import qtpy  # noqa: F401  (raises when no Qt binding is installed)
+    except ImportError:
+        return f"napari needs a Qt binding (PyQt6), which is not installed: {INSTALL_NAPARI}"
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        return f"PyYAML is not installed: {INSTALL_NAPARI}"
+    return None
 
 
 def check_volume_path(volume: str) -> Path:
@@ -60,6 +83,10 @@ def open_viewer(viewer: Any, volume: Path | None = None) -> list[Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Open napari with the widgets and the volume; returns when the window is closed."""
+    missing = missing_gui_packages()
+    if missing is not None:
+        print(f"tomoseg: error: {missing}", file=sys.stderr)
+        return MISSING_PACKAGE_EXIT
     volume = check_volume_path(args.volume) if args.volume else None
     import napari
 
