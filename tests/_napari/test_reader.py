@@ -120,3 +120,75 @@ def test_ome_zarr_with_levels_opens_as_a_lazy_multiscale_image(tmp_path):
     assert all(isinstance(d, da.Array) for d in data)
     np.testing.assert_array_equal(np.asarray(data[0][3]), full[3])
     assert meta["scale"] == pytest.approx((2.0, 1.0, 1.0))
+
+
+def test_contrast_limits_follow_the_grey_values_not_the_dtype(make_napari_viewer, tmp_path):
+    # A scan that uses 71..189 of uint8's 0..255 is shown with that range, not black-grey.
+    rng = np.random.default_rng(2)
+    scan = rng.integers(71, 190, size=(12, 40, 40), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "narrow.tif", scan)
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(tmp_path / "narrow.tif"), plugin="napari-tomoseg")
+    lo, hi = layer.contrast_limits
+    assert 71 <= lo <= 75 and 185 <= hi <= 189
+
+
+def test_contrast_limits_read_only_a_few_slices_of_a_big_volume():
+    from napari_tomoseg._napari.reader import CONTRAST_SLICES, contrast_range
+
+    class Counting:
+        """A volume that counts the slices read and the voxels handed out."""
+
+        shape = (400, 300, 300)
+        dtype = np.dtype(np.uint16)
+
+        def __init__(self):
+            self.slices, self.voxels = [], 0
+
+        def __getitem__(self, key):
+            z, *plane = key
+            self.slices.append(z)
+            block = np.full(self.shape[1:], 1000 + z, np.uint16)[tuple(plane)]
+            self.voxels += block.size
+            return block
+
+    vol = Counting()
+    lo, hi = contrast_range(vol)
+    assert len(vol.slices) == CONTRAST_SLICES and vol.voxels <= 1_100_000
+    assert 1000 <= lo < hi <= 1399
+
+
+def test_constant_or_nan_sample_leaves_contrast_to_napari():
+    from napari_tomoseg._napari.reader import contrast_range
+
+    assert contrast_range(np.full((4, 8, 8), 7, np.uint8)) is None
+    assert contrast_range(np.full((4, 8, 8), np.nan, np.float32)) is None
+    assert contrast_range(np.arange(4 * 8 * 8, dtype=np.float32).reshape(4, 8, 8)) is not None
+
+
+def test_session_preference_keeps_the_users_saved_choice(tmp_path):
+    # In a fresh interpreter, as `tomoseg gui` runs: the user's saved choice for .tif stays, the other
+    # endings open with napari-tomoseg without a dialog, and the settings file is not changed.
+    import subprocess
+    import sys
+
+    config = tmp_path / "settings.yaml"
+    config.write_text("plugins:\n  extension2reader:\n    '*.tif': napari\n")
+    before = config.read_text()
+    script = (
+        "from napari_tomoseg._napari.reader import prefer_for_session\n"
+        "added = prefer_for_session()\n"
+        "from napari.settings import get_settings\n"
+        "prefs = get_settings().plugins.extension2reader\n"
+        "get_settings().appearance.theme = 'light'\n"  # any change makes napari save its settings
+        "print(sorted(added), prefs['*.tif'], prefs['*.npy'])\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("NAPARI_PLUGINS")}
+    env["NAPARI_CONFIG"] = str(config)
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout.split("\n")[-2]
+    assert out == ("['*.h5', '*.hdf5', '*.npy', '*.tiff', '*.zarr/'] napari napari-tomoseg"), out
+    saved = config.read_text()
+    assert "napari-tomoseg" not in saved and "'*.tif': napari" in saved and "light" in saved
+    assert before.splitlines()[-1] in saved
