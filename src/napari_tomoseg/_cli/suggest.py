@@ -1,7 +1,8 @@
 """``tomoseg suggest``: the slices to annotate next, where the model is least sure.
 
 volume + model -> per-voxel uncertainty (entropy; axis disagreement in 2d-3axes mode)
--> mean per slice (annotated slices skipped) -> the n most uncertain slices, printed with their scores.
+-> mean per slice -> n slices picked by uncertainty x coverage (far from the --annotations, from each
+other and from the volume's ends), printed in the order picked with their mean uncertainty.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from napari_tomoseg.core.model.modes import AXES, MODES
 
 
 def run(args: argparse.Namespace) -> int:
-    """Predict, rank the slices by uncertainty and print the most uncertain ones."""
+    """Predict, rank the slices by uncertainty and coverage and print the ones to annotate next."""
     from napari_tomoseg.core import io
     from napari_tomoseg.core.measure.uncertainty import suggest_slices
 
@@ -89,10 +90,11 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         print(
-            f"slices along {args.axis} to annotate next (mean uncertainty, 0 = sure, 1 = guessing):"
+            f"slices along {args.axis} to annotate next (mean uncertainty, 0 = sure, 1 = guessing; "
+            "coverage, 0 = next to an annotated slice, 1 = far from all):"
         )
         for s in ranked:
-            print(f"  {args.axis}={s.index:<6d} {s.score:.4f}")
+            print(f"  {args.axis}={s.index:<6d} {s.score:.4f}  coverage {s.coverage:.2f}")
         if args.uncertainty:
             print(f"uncertainty map (uint8, 255 = most uncertain) -> {uncertainty_path}")
     return 0
@@ -103,14 +105,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "suggest",
         help="rank slices by the model's uncertainty: which to annotate next",
-        description="Predict the volume, compute per-voxel uncertainty and print the slices where the "
-        "model is least sure (skipping slices that --annotations already covers).",
+        description="Predict the volume, compute per-voxel uncertainty and print the slices to "
+        "annotate next: uncertain slices far from those --annotations already covers, from each other "
+        "and from the volume's ends (see napari_tomoseg.core.measure.uncertainty.rank_scores).",
     )
     p.add_argument("input", help="volume file or folder")
     p.add_argument("--model", help="model file (.safetensors); the bundled model if absent")
     p.add_argument("-n", type=int, default=3, help="how many slices to suggest")
     p.add_argument("--axis", choices=list(AXES), default="z")
-    p.add_argument("--annotations", help="existing annotations: their slices are not suggested")
+    p.add_argument(
+        "--annotations",
+        help="existing annotations: their slices are not suggested, their neighbours weighed down",
+    )
     p.add_argument("--mode", choices=list(MODES), help="default: the model's")
     p.add_argument("--uncertainty", help="also write the uncertainty map (uint8) to this file")
     p.add_argument("--overwrite", action="store_true")

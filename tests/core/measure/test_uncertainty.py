@@ -38,18 +38,18 @@ def test_disagreement_counts_the_minority() -> None:
     np.testing.assert_allclose(disagreement([a, b, c]), [0, 1 / 3, 1 / 3, 2 / 3], atol=1e-6)
 
 
-def test_rank_slices_orders_skips_annotated_and_spreads() -> None:
-    u = np.zeros((20, 4, 4), np.float32)
+def test_rank_slices_skips_annotated_and_spreads() -> None:
+    u = np.full((20, 4, 4), 0.3, np.float32)
     u[5] = 0.9
-    u[6] = 0.85  # neighbour of 5: excluded by spacing
+    u[6] = 0.85  # neighbour of 5: covered once 5 is picked
     u[12] = 0.5
     u[17] = 0.7
     annotations = np.zeros(u.shape, np.uint8)
     annotations[17, 0, 0] = 1  # 17 is annotated already
-    ranked = rank_slices(u, axis=0, n=3, annotations=annotations, min_spacing=1)
-    assert [s.index for s in ranked] == [5, 12, 0]
+    ranked = rank_slices(u, axis=0, n=2, annotations=annotations)
+    assert [s.index for s in ranked] == [5, 12]
     assert ranked[0].score == pytest.approx(0.9)
-    assert 6 not in [s.index for s in ranked] and 17 not in [s.index for s in ranked]
+    assert ranked[1].score == pytest.approx(0.5) and 0 < ranked[1].coverage < ranked[0].coverage
 
 
 def test_rank_slices_along_another_axis_with_mask() -> None:
@@ -87,9 +87,69 @@ def test_slice_score_accumulator_equals_slice_scores_of_the_assembled_map() -> N
 
 
 def test_rank_scores_skips_annotated_and_nan_slices() -> None:
-    scores = np.array([0.1, 0.9, np.nan, 0.8, 0.5, 0.7])
-    ranked = rank_scores(scores, n=3, skip=[1], min_spacing=0)
-    assert [s.index for s in ranked] == [3, 5, 4]
-    assert rank_scores(scores, n=2, skip=[1], min_spacing=1)[1].index == 5
+    scores = np.array([0.1, 0.9, np.nan, 0.8, 0.5, 0.7, 0.6, 0.1])
+    ranked = rank_scores(scores, n=3, skip=[1])
+    picked = [s.index for s in ranked]
+    assert len(picked) == 3 and not {1, 2} & set(picked)
+    assert 0 not in picked and 7 not in picked  # the ends: only when nothing else is left
+    everything = [s.index for s in rank_scores(scores, n=10, skip=[1])]
+    assert sorted(everything[:4]) == [3, 4, 5, 6] and sorted(everything[4:]) == [0, 7]
     with pytest.raises(ValueError, match="slices to skip"):
-        rank_scores(scores, skip=[6])
+        rank_scores(scores, skip=[8])
+
+
+def test_the_second_pick_is_not_next_to_the_first() -> None:
+    # a 20-slice stack whose two most uncertain slices sit side by side near one end
+    scores = np.linspace(0.4, 0.2, 20)
+    scores[4], scores[5] = 0.6, 0.58
+    ranked = rank_scores(scores, n=3)
+    picked = [s.index for s in ranked]
+    assert picked[0] == 4
+    assert all(abs(picked[1] - p) > 1 for p in picked[:1])
+    assert min(abs(a - b) for a in picked for b in picked if a != b) >= 3
+    # without the coverage factor (pure uncertainty, ``scale`` tiny) the neighbour would come next
+    assert [s.index for s in rank_scores(scores, n=2, scale=1e-3)] == [4, 5]
+
+
+def test_annotated_slices_are_never_picked_and_their_neighbours_are_penalised() -> None:
+    scores = np.full(30, 0.2)
+    scores[10], scores[11] = 0.35, 0.3
+    alone = [s.index for s in rank_scores(scores, n=1)]
+    assert alone == [10]
+    ranked = rank_scores(scores, n=1, skip=[10])
+    assert ranked[0].index not in (9, 10, 11)
+    # the neighbour's score is weighed down by its coverage factor: ~1/L next to an annotation
+    # L = 30 / 4 slices: the neighbour keeps 1 - exp(-1 / 7.5) of its score
+    penalised = rank_scores(scores[10:], n=1, skip=[0])[0]
+    assert penalised.index != 1 and penalised.coverage > 0.5
+    assert rank_scores(scores[9:12], n=1, skip=[1])[0].coverage == pytest.approx(
+        1 - np.exp(-1 / (3 / 4))
+    )
+    everything = [s.index for s in rank_scores(scores, n=30, skip=[3, 10])]
+    assert sorted(everything) == sorted(set(range(30)) - {3, 10})
+    values = [s.score * s.coverage for s in rank_scores(np.random.default_rng(1).random(40), n=40)]
+    ends = values[-2:]  # the two outermost slices come last
+    assert values[:-2] == sorted(values[:-2], reverse=True) and len(ends) == 2
+
+
+def test_equal_scores_spread_like_an_even_design_and_avoid_the_ends() -> None:
+    picked = sorted(s.index for s in rank_scores(np.full(64, 0.2), n=3))
+    assert picked[1] in (31, 32)
+    assert 8 <= picked[0] <= 13 and 50 <= picked[2] <= 55
+    # continuing from annotations picks the widest gap, away from the end
+    assert rank_scores(np.full(64, 0.2), n=1, skip=[32])[0].index in range(8, 14)
+    scores = np.full(16, 0.1)
+    scores[0] = scores[-1] = 0.9  # artefact-laden ends: the most uncertain, yet not suggested
+    assert {s.index for s in rank_scores(scores, n=3)}.isdisjoint({0, 15})
+    assert [s.index for s in rank_scores(np.array([0.9, 0.1, 0.9]), n=3)] == [1, 0, 2]
+
+
+def test_rank_scores_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="scores must be >= 0"):
+        rank_scores(np.array([0.1, -0.2, 0.3]))
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        rank_scores(np.ones(5), scale=0)
+    with pytest.raises(ValueError, match="min_spacing"):
+        rank_scores(np.ones(5), min_spacing=-1)
+    assert rank_scores(np.full(4, np.nan)) == []
+    assert [s.index for s in rank_scores(np.ones(9), n=3, skip=[4], min_spacing=2)] == [1, 7]

@@ -1,8 +1,10 @@
 """Where is the model least sure? Per-voxel uncertainty and a ranking of slices to annotate next.
 
 probabilities (C, ...) -> entropy in [0, 1]  (+ disagreement between per-axis predictions)
--> mean per slice (annotated slices and masked voxels left out) -> the n most uncertain slices.
-Correcting those slices teaches the model more than correcting evenly spaced ones.
+-> mean per slice (masked voxels left out) -> n slices picked greedily by uncertainty x coverage
+   (far from annotated and already picked slices, not at the volume's ends).
+Correcting uncertain slices that nothing annotated yet covers teaches the model more than correcting
+evenly spaced ones, or the most uncertain ones, which tend to lie side by side.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from napari_tomoseg.core.segment.outputs import entropy
 __all__ = [
     "SliceScore",
     "SliceScoreAccumulator",
+    "coverage_scale",
     "disagreement",
     "entropy",
     "rank_scores",
@@ -32,10 +35,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SliceScore:
-    """A slice index along an axis and its mean uncertainty (0 = certain, 1 = uniform guess)."""
+    """A slice index along an axis and its mean uncertainty (0 = certain, 1 = uniform guess).
+
+    ``coverage``: the factor in (0, 1] that :func:`rank_scores` weighed the score by when it picked the
+    slice (near 0 next to an annotated slice, near 1 in the widest unannotated gap).
+    """
 
     index: int
     score: float
+    coverage: float = 1.0
 
 
 def disagreement(predictions: Sequence[npt.ArrayLike]) -> npt.NDArray[np.float32]:
@@ -91,12 +99,34 @@ def rank_slices(
     annotations: npt.ArrayLike | None = None,
     mask: npt.ArrayLike | None = None,
     min_spacing: int | None = None,
+    scale: float | None = None,
 ) -> list[SliceScore]:
-    """The ``n`` most uncertain slices along ``axis``, most uncertain first.
+    """The ``n`` slices along ``axis`` to annotate next, the most useful first.
 
-    Slices that already hold annotations are skipped. Neighbouring slices look alike, so a chosen slice
-    excludes the ``min_spacing`` slices on either side of it (default: the slice count / (4 n), at least 1);
-    the n suggestions then cover n different regions of the volume.
+    Each slice's mean uncertainty (:func:`slice_scores`) is weighed by how far it lies from the slices
+    already annotated and from those already picked: see :func:`rank_scores` for the rule. Slices that
+    hold annotations are never suggested.
+
+    Parameters
+    ----------
+    uncertainty : array_like
+        Per-voxel uncertainty in [0, 1], a 3D volume (e.g. :func:`volume_uncertainty`).
+    axis : int
+        Axis of the slices (0 = z).
+    n : int
+        How many slices to suggest.
+    annotations : array_like, optional
+        Labels of the volume's shape, 0 = not annotated: every slice holding a label counts as annotated.
+    mask : array_like of bool, optional
+        Voxels to average over (e.g. the field of view); slices with none are not suggested.
+    min_spacing, scale :
+        See :func:`rank_scores`.
+
+    Returns
+    -------
+    list of SliceScore
+        In the order picked; ``score`` is the slice's mean uncertainty, ``coverage`` the factor it was
+        weighed by.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -109,7 +139,18 @@ def rank_slices(
                 f"annotations shape {a.shape} differs from the volume shape {np.shape(uncertainty)}"
             )
         annotated = sorted(_annotated_slices(a, axis))
-    return rank_scores(scores, n=n, skip=annotated, min_spacing=min_spacing)
+    return rank_scores(scores, n=n, skip=annotated, min_spacing=min_spacing, scale=scale)
+
+
+def coverage_scale(n_slices: int, n: int, n_annotated: int) -> float:
+    """The distance over which :func:`rank_scores`' coverage factor rises: ``n_slices / (2 (n + a))``.
+
+    ``n + a`` slices (``n`` to pick, ``a`` annotated) spread evenly over ``n_slices`` are
+    ``n_slices / (n + a)`` apart, so the farthest any slice can be from its nearest annotation is half
+    that. A slice at this distance keeps ``1 - 1/e`` (63 %) of its uncertainty, a neighbour of an
+    annotated slice about ``1 / scale``.
+    """
+    return n_slices / (2.0 * max(1, n + n_annotated))
 
 
 def rank_scores(
@@ -118,31 +159,91 @@ def rank_scores(
     n: int = 3,
     skip: Sequence[int] | npt.ArrayLike = (),
     min_spacing: int | None = None,
+    scale: float | None = None,
 ) -> list[SliceScore]:
-    """The ``n`` highest of per-slice ``scores`` (NaN = no score), leaving out the slices in ``skip``
-    and, around each chosen slice, ``min_spacing`` slices on either side (see :func:`rank_slices`)."""
+    """Pick ``n`` slices from per-slice uncertainty ``scores`` (>= 0, NaN = no score), greedily.
+
+    Neighbouring slices look alike: a slice next to an annotated one teaches the model little that the
+    annotated one has not. So each pick maximises the slice's uncertainty times a coverage factor
+
+        value(i) = score(i) * (1 - exp(-d(i) / L)),
+
+    the expected new information if what a slice teaches overlaps with a slice ``d`` away by
+    ``exp(-d / L)``. ``d(i)`` is the distance to the nearest slice in ``skip`` (the annotated ones) or
+    already picked; each pick becomes an anchor for the next, so the picks spread out. ``L`` is ``scale``
+    (default :func:`coverage_scale`: half the spacing of the annotated plus the ``n`` new slices spread
+    evenly), so the factor ranges from ~0 next to an anchor to ~1 in the widest gap.
+
+    The volume's ends count as anchors at half weight: a slice ``j`` slices from an end is given
+    ``d = 2 j + 1`` to it (the end slice itself ``d = 1``, like a neighbour of an annotated slice).
+    An annotation covers slices on both sides, but near an end only one side has slices to cover;
+    with ``2 j + 1`` the greedy choice approaches the evenly spread set that minimises the largest
+    distance from any slice to its nearest annotation (ends half a spacing away from the first and
+    last annotation). With no annotations and equal scores the first pick is the middle slice.
+
+    The outermost slice at either end is suggested only when no other slice is left: the first and last
+    slices of a reconstruction carry its worst artefacts (missing cone-beam data, the sample's cut
+    faces, partial volume) and are often the most uncertain for that reason; an annotation there
+    teaches the model the artefact rather than the material.
+
+    Parameters
+    ----------
+    scores : array_like
+        One uncertainty per slice (e.g. :func:`slice_scores` or a :class:`SliceScoreAccumulator`'s).
+    n : int
+        How many slices to pick (fewer if fewer are left).
+    skip : sequence of int
+        Annotated slices: never picked, and anchors of the coverage factor.
+    min_spacing : int, optional
+        Also never pick a slice within this many slices of an annotated or picked slice (default 0:
+        the coverage factor alone keeps picks apart).
+    scale : float, optional
+        ``L`` above, in slices (> 0).
+
+    Returns
+    -------
+    list of SliceScore
+        In the order picked (``score``: the slice's score; ``coverage``: its factor when picked).
+    """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 1:
         raise ValueError(f"scores must be one value per slice, got shape {s.shape}")
+    if np.any(s < 0):
+        raise ValueError("scores must be >= 0 (an uncertainty per slice)")
+    if scale is not None and not scale > 0:
+        raise ValueError(f"scale must be > 0 slices, got {scale}")
+    if min_spacing is not None and min_spacing < 0:
+        raise ValueError(f"min_spacing must be >= 0, got {min_spacing}")
     length = s.shape[0]
-    blocked = np.isnan(s)
-    skipped = np.asarray(skip, dtype=np.intp).ravel()
-    if skipped.size:
-        if skipped.min() < 0 or skipped.max() >= length:
-            raise ValueError(f"slices to skip must lie in 0..{length - 1}")
-        blocked[skipped] = True
-    spacing = max(1, length // (4 * n)) if min_spacing is None else max(0, min_spacing)
+    skipped = np.unique(np.asarray(skip, dtype=np.intp).ravel())
+    if skipped.size and (skipped.min() < 0 or skipped.max() >= length):
+        raise ValueError(f"slices to skip must lie in 0..{length - 1}")
+    spacing = min_spacing or 0
+    scale = scale or coverage_scale(length, n, skipped.size)
+    index = np.arange(length)
+    # distance to the nearest anchor: the ends at half weight, then annotated and picked slices
+    distance = np.minimum(2 * index + 1, 2 * (length - 1 - index) + 1).astype(np.float64)
+    open_ = ~np.isnan(s)
+
+    def anchor(i: int) -> None:
+        np.minimum(distance, np.abs(index - i), out=distance)
+        open_[max(0, i - spacing) : i + spacing + 1] = False
+
+    for i in skipped:
+        anchor(int(i))
+    ends = np.zeros(length, bool)
+    ends[[0, -1]] = True
     chosen: list[SliceScore] = []
-    order = np.argsort(-np.nan_to_num(s, nan=-1.0), kind="stable")
-    for i in order:
-        if len(chosen) == n:
-            break
-        if blocked[i]:
-            continue
-        chosen.append(SliceScore(int(i), float(s[i])))
-        blocked[max(0, i - spacing) : i + spacing + 1] = True
+    while len(chosen) < n and open_.any():
+        allowed = open_ & ~ends if (open_ & ~ends).any() else open_
+        coverage = -np.expm1(-distance / scale)
+        value = np.where(allowed, np.nan_to_num(s) * coverage, -1.0)
+        # the best value; among equal values the better covered, then the lower index
+        i = int(np.lexsort((index, -coverage, -value))[0])
+        chosen.append(SliceScore(i, float(s[i]), float(coverage[i])))
+        anchor(i)
     return chosen
 
 
@@ -227,6 +328,7 @@ def suggest_slices(
     device: str = "auto",
     progress: Callable[[Any], None] | None = None,
 ) -> tuple[list[SliceScore], npt.NDArray[np.float32]]:
-    """The ``n`` slices along ``axis`` to annotate next, and the uncertainty map they come from."""
+    """The ``n`` slices along ``axis`` to annotate next (:func:`rank_slices`: uncertain and far from the
+    ``annotations``), and the uncertainty map they come from."""
     u = volume_uncertainty(volume, model, mode=mode, axis=axis, device=device, progress=progress)
     return rank_slices(u, axis=axis, n=n, annotations=annotations, mask=mask), u
