@@ -33,6 +33,7 @@ ROOM_IMPORTS: dict[str, set[str]] = {
     "phases": set(),
     "progress": set(),
     "checks": set(),
+    "threads": set(),
     "io": {"phases", "progress", "checks"},
     "prep": {"phases", "progress", "checks", "io"},
     "phantom": {"phases", "progress"},
@@ -327,6 +328,7 @@ print(json.dumps({"gui": gui, "torch": "torch" in sys.modules}))
 #: reading files must stay quick.
 TORCH_FREE = [
     f"{PACKAGE}.core",
+    f"{PACKAGE}.core.threads",
     f"{PACKAGE}.core.phases",
     f"{PACKAGE}.core.progress",
     f"{PACKAGE}.core.io",
