@@ -1,8 +1,8 @@
 """``tomoseg gui [VOLUME]``: napari with the napari-tomoseg widgets docked and a volume (or the sample).
 
 napari and a Qt binding installed? (else one line with the pip command, exit 2) -> argument check
-(before any window opens) -> napari.Viewer -> open VOLUME with our reader (or the
-synthetic sample) -> dock every napari-tomoseg widget (tabbed, Segment in front) -> napari.run().
+(before any window opens) -> our reader preferred for this session -> napari.Viewer -> open VOLUME
+with our reader (or the synthetic sample) -> dock every widget (tabbed, Segment in front) -> napari.run().
 """
 
 from __future__ import annotations
@@ -90,6 +90,11 @@ def run(args: argparse.Namespace) -> int:
     volume = check_volume_path(args.volume) if args.volume else None
     import napari
 
+    from napari_tomoseg._napari.reader import prefer_for_session
+
+    # File > Open in this window reads TIFF, zarr, HDF5 and .npy with our reader (voxel size, lazy
+    # big volumes) instead of asking which plugin to use; the user's saved napari settings are kept.
+    prefer_for_session()
     viewer = napari.Viewer(title="napari-tomoseg")
     try:
         open_viewer(viewer, volume)
