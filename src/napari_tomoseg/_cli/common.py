@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CliError",
     "add_inference_options",
+    "add_voxel_size_option",
     "check_grey_volume",
     "check_inference_options",
     "check_number",
@@ -39,6 +40,7 @@ __all__ = [
     "progress_bar",
     "run_plan",
     "set_threads",
+    "voxel_size_option",
 ]
 
 
@@ -109,15 +111,38 @@ def check_inference_options(args: argparse.Namespace, model: Any = None) -> None
             )
 
 
-def set_threads(n: int | None) -> None:
-    """Let torch use ``n`` CPU threads (no change when ``n`` is None)."""
-    if n is None:
-        return
-    if n < 1:
-        raise CliError(f"--threads must be >= 1, got {n}")
-    import torch
+def set_threads(n: int | None) -> int:
+    """Let torch use ``n`` CPU threads (None: the CPUs this process may use, see
+    :func:`napari_tomoseg.core.threads.default_threads`); returns the count."""
+    from napari_tomoseg.core.threads import configure_threads
 
-    torch.set_num_threads(n)
+    if n is not None and n < 1:
+        raise CliError(f"--threads must be >= 1, got {n}")
+    return configure_threads(n)
+
+
+#: Help of every ``--voxel-size`` option, before the command's own default.
+VOXEL_SIZE_HELP = (
+    "one number or Z,Y,X with an optional unit, e.g. 1.3, 1.3um, 2,1.3,1.3µm, 0.5mm "
+    "(default unit µm)"
+)
+
+
+def add_voxel_size_option(p: argparse.ArgumentParser, default: str) -> None:
+    """Add ``--voxel-size SIZE`` to ``p``; ``default`` says where the size comes from without it."""
+    p.add_argument("--voxel-size", metavar="SIZE", help=f"{VOXEL_SIZE_HELP}; default: {default}")
+
+
+def voxel_size_option(text: str | None) -> tuple[float, float, float] | None:
+    """``--voxel-size`` as ``(z, y, x)`` in µm (None when not given); CliError on a bad value."""
+    from napari_tomoseg.core.measure.units import parse_voxel_size
+
+    if text is None:
+        return None
+    try:
+        return parse_voxel_size(text)
+    except ValueError as err:
+        raise CliError(f"--voxel-size: {err}") from None
 
 
 def check_grey_volume(volume: Any, path: Any) -> None:
@@ -184,7 +209,19 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
         help="subtract CT ring artifacts around the rotation axis (z) first, when the volume has "
         "any (default: as the model was trained; the bundled model does)",
     )
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="test-time augmentation: average the probabilities over the 8 flips and rotations "
+        "of every tile (the 8 flips in 3D); 8x slower, smoother labels (default: the model's, "
+        "off unless it records it)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for the network (default: the cores this process may use)",
+    )
     p.add_argument(
         "--memory",
         metavar="SIZE",
@@ -208,6 +245,7 @@ def inference_config(args: argparse.Namespace) -> InferenceConfig:
         precision=getattr(args, "precision", "auto"),
         memory=parse_memory(memory) if memory else None,
         ring_removal=getattr(args, "ring_removal", None),
+        tta=getattr(args, "tta", None),
     )
 
 

@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from napari_tomoseg._cli.common import CliError, json_text, progress_bar
+from napari_tomoseg._cli.common import (
+    CliError,
+    add_voxel_size_option,
+    json_text,
+    progress_bar,
+    voxel_size_option,
+)
 from napari_tomoseg.core.phases import PhaseTable
 
 #: Endings stripped from the labels' file name to name the CSV files.
@@ -63,12 +69,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="a volume of the same shape, non-zero inside: adds fractions inside it and measures "
         "the profile inside it",
     )
-    p.add_argument(
-        "--voxel-size",
-        metavar="SIZE",
-        help="one number or Z,Y,X with an optional unit, e.g. 1.3, 1.3um, 2,1.3,1.3µm, 0.5mm "
-        "(default unit µm; default: read from the labels, then the image)",
-    )
+    add_voxel_size_option(p, "read from the labels, then the image")
     p.add_argument(
         "--what",
         default="all",
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         parse_what,
         write_csvs,
     )
-    from napari_tomoseg.core.measure.units import AXES, parse_voxel_size
+    from napari_tomoseg.core.measure.units import AXES
     from napari_tomoseg.core.progress import run_to_completion
 
     # Options first: a typo fails before any file is opened.
@@ -124,12 +125,7 @@ def run(args: argparse.Namespace) -> int:
     names = [part.strip() for given in args.phase or [] for part in given.split(",")]
     if any(not n for n in names):
         raise CliError("--phase got an empty name; give phase names, e.g. --phase fibre pore")
-    voxel_size = None
-    if args.voxel_size is not None:
-        try:
-            voxel_size = parse_voxel_size(args.voxel_size)
-        except ValueError as err:
-            raise CliError(f"--voxel-size: {err}") from None
+    voxel_size = voxel_size_option(args.voxel_size)
 
     labels_path = Path(args.labels).expanduser()
     labels = io.open_volume(labels_path)

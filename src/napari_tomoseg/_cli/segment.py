@@ -17,6 +17,7 @@ import numpy as np
 from napari_tomoseg._cli.common import (
     CliError,
     add_inference_options,
+    add_voxel_size_option,
     check_grey_volume,
     check_inference_options,
     check_number,
@@ -25,6 +26,7 @@ from napari_tomoseg._cli.common import (
     load_model,
     run_plan,
     set_threads,
+    voxel_size_option,
 )
 
 log = logging.getLogger("napari_tomoseg")
@@ -65,6 +67,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="run on a dask LocalCluster of N worker processes on this machine",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    add_voxel_size_option(p, "read from the volume's file; written into the label file")
     add_inference_options(p)
     return p
 
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Options and outputs first: a typo or an output that is the input fails before any work.
     check_inference_options(args)
+    given_voxel_size = voxel_size_option(args.voxel_size)
     if args.local_cluster is not None:
         check_number(args.local_cluster, "--local-cluster", minimum=1)
     if args.scheduler is not None and args.local_cluster is not None:
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     volume = io.read_volume(args.input, dataset=args.dataset, lazy=True)
     check_grey_volume(volume, args.input)
     set_threads(args.threads)
-    voxel_size = io.read_voxel_size(args.input, dataset=args.dataset)
+    voxel_size = given_voxel_size or io.read_voxel_size(args.input, dataset=args.dataset)
     shape = tuple(int(s) for s in volume.shape)
     if args.scheduler is not None or args.local_cluster is not None:
         if unc_path is not None:
@@ -145,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             result = run_plan(plan, out=stores.out, probabilities_out=stores.probabilities_out)
         counts = stores.out.counts
         seconds, device, precision = result.seconds, result.device, result.precision
-        mode = result.settings.mode
+        mode = result.settings.mode + (", test-time augmentation" if result.settings.tta else "")
     fractions = counts[1:] / max(1, int(counts.sum()))
     n = int(np.prod(shape))
     extra = f" and {unc_path}" if unc_path is not None else ""

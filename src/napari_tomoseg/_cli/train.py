@@ -16,6 +16,7 @@ import numpy as np
 
 from napari_tomoseg._cli.common import (
     CliError,
+    add_voxel_size_option,
     check_grey_volume,
     check_number,
     check_outputs,
@@ -25,6 +26,7 @@ from napari_tomoseg._cli.common import (
     parse_slices,
     progress_bar,
     set_threads,
+    voxel_size_option,
 )
 from napari_tomoseg.core.model.modes import TRAIN_MODES
 
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     check_number(args.threads, "--threads", minimum=1)
     check_number(args.seed, "--seed", minimum=0)
     check_number(args.context_slices, "--context-slices", minimum=1)
+    given_voxel_size = voxel_size_option(args.voxel_size)
     check_outputs([out], [args.input, args.annotations, args.base])
     if out.exists() and not args.overwrite:
         raise CliError(f"{out} exists; choose another name or pass --overwrite to replace it")
@@ -145,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
     model = result.model
     model.provenance["annotations_file"] = str(args.annotations)
     model.provenance["volume_file"] = str(args.input)
+    voxel_size = given_voxel_size or io.read_voxel_size(args.input)
+    if voxel_size is not None:
+        model.provenance["voxel_size_um"] = list(voxel_size)
     save_model(out, model, overwrite=args.overwrite)
     print(
         f"{result.steps} steps in {result.seconds:.1f} s ({result.voxels_seen / max(result.seconds, 1e-9) / 1e6:.2f} "
@@ -261,5 +267,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    add_voxel_size_option(
+        p, "read from the volume's file; recorded in the model file with the training data"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     return p
