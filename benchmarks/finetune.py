@@ -4,9 +4,12 @@ For each phantom seed (never used in training): make a shifted-domain phantom (f
 fibre-matrix contrast /2, noise x2, rings x2), annotate k whole z slices from the ground truth, then score
 on every other slice: the bundled model before fine-tuning, after ``--budget`` seconds of fine-tuning,
 the grey-level baseline and an ilastik-like random forest on multi-scale filter features, both fitted on
-the same slices (the forest also on the ring-corrected volume, ``rf_rings_mean``). ``--suggest`` also fine-tunes on the k slices ranked most uncertain by the bundled model.
+the same slices (the forest also on the ring-corrected volume, ``rf_rings_mean``). ``--suggest`` also fine-tunes on the k slices ranked most uncertain by the bundled model. ``--strokes`` also
+fine-tunes on thin strokes through each phase of the same k slices (``core.phantom.stroke_annotations``,
+about 10 % of their voxels) and compares with the whole slices: ``strokes_over_whole``.
 
     python benchmarks/finetune.py --slices 3 --budget 120        # last line: one JSON object
+    python benchmarks/finetune.py --strokes --no-rf              # strokes against whole slices
 
 Training throughput is reported in voxels/s and as a fraction of the matmul peak measured in the same run.
 """
@@ -35,6 +38,7 @@ from napari_tomoseg.core.measure.baseline import GreyLevelClassifier  # noqa: E4
 from napari_tomoseg.core.measure.metrics import ConfusionAccumulator  # noqa: E402
 from napari_tomoseg.core.measure.uncertainty import entropy, rank_slices  # noqa: E402
 from napari_tomoseg.core.model import bundled_model_path, load_model  # noqa: E402
+from napari_tomoseg.core.phantom import stroke_annotations  # noqa: E402
 from napari_tomoseg.core.phantom.composite import PhantomConfig, make_phantom  # noqa: E402
 from napari_tomoseg.core.prep.rings import remove_rings  # noqa: E402
 from napari_tomoseg.core.segment import InferenceConfig, segment_volume  # noqa: E402
@@ -132,12 +136,20 @@ def run_seed(seed: int, args: argparse.Namespace, base: Any) -> dict[str, Any]:
         strategies["suggested"] = [
             s.index for s in rank_slices(entropy(probs), axis=0, n=args.slices)
         ]
+    if args.strokes:
+        strategies["strokes"] = strategies["even"]
     out: dict[str, Any] = {"seed": seed}
     for name, chosen in strategies.items():
         keep = np.ones(vol.shape, bool)
         keep[chosen] = False
         annotations = np.zeros_like(truth)
-        annotations[chosen] = truth[chosen]
+        if name == "strokes":
+            for z in chosen:  # strokes differ per slice and per phantom, the same in every run
+                annotations[z] = stroke_annotations(
+                    truth[z], fraction=args.stroke_fraction, seed=seed * 1000 + z
+                )
+        else:
+            annotations[chosen] = truth[chosen]
         t0 = time.perf_counter()
         result = finetune(
             vol,
@@ -164,6 +176,7 @@ def run_seed(seed: int, args: argparse.Namespace, base: Any) -> dict[str, Any]:
             "steps": result.steps,
             "voxels_seen": result.voxels_seen,
             "validation": result.validation,
+            "annotated_voxels": int((annotations > 0).sum()),
         }
         if name == "even" and not args.no_rf:
             t_rf = time.perf_counter()
@@ -219,6 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--context-slices", type=int, default=5, help="slices a 2.5D fine-tuned model sees"
     )
+    ap.add_argument(
+        "--strokes",
+        action="store_true",
+        help="also fine-tune on thin strokes through the same slices (against whole slices)",
+    )
+    ap.add_argument(
+        "--stroke-fraction", type=float, default=0.1, help="share of a slice the strokes cover"
+    )
     ap.add_argument("--no-rf", action="store_true", help="skip the random forest")
     ap.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     ap.add_argument("--base", help="model file to start from (default: the bundled model)")
@@ -236,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     train_seconds = float(np.mean([r["even"]["train_seconds"] for r in runs]))
     vox_per_s = float(
         np.sum([r["even"]["voxels_seen"] for r in runs])
+        / np.sum([r["even"]["optimisation_seconds"] for r in runs])
+    )
+    steps_per_s = float(
+        np.sum([r["even"]["steps"] for r in runs])
         / np.sum([r["even"]["optimisation_seconds"] for r in runs])
     )
     flops = training_flops_per_voxel(base, 128)
@@ -259,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds": train_seconds,
         "train_steps": float(np.mean([r["even"]["steps"] for r in runs])),
         "train_voxels_per_s": vox_per_s,
+        "train_steps_per_s": steps_per_s,
         "train_flops_per_voxel": flops,
         "peak_fp32_flops": peak_fp32,
         "peak_bf16_flops": peak_bf16,
@@ -267,6 +293,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.suggest:
         result["after_suggested"] = summarise(runs, "after", names, "suggested")
         result["suggested_slices"] = {r["seed"]: r["suggested"]["slices"] for r in runs}
+    if args.strokes:
+        whole = summarise(runs, "after", names, "even")
+        strokes = summarise(runs, "after", names, "strokes")
+        result["stroke_fraction"] = args.stroke_fraction
+        result["annotated_voxels"] = {
+            "whole_slices": float(np.mean([r["even"]["annotated_voxels"] for r in runs])),
+            "strokes": float(np.mean([r["strokes"]["annotated_voxels"] for r in runs])),
+        }
+        result["whole_slices_mean"] = whole["mean"]
+        result["strokes_mean"] = strokes["mean"]
+        result["strokes_over_whole"] = strokes["mean"] / whole["mean"]
+        result["after_strokes"] = strokes
     result["runs"] = [
         {
             "seed": r["seed"],
@@ -284,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                         "rf_rings",
                         "steps",
                         "train_seconds",
+                        "annotated_voxels",
+                        "validation",
                     )
                 }
                 for s in r
