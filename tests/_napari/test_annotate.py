@@ -44,6 +44,7 @@ def test_layer_phase_table_and_keys(sample_viewer, widget, errors):
     assert layer.selected_label == 2 and layer.mode == "paint"
     from app_model.types import KeyBinding
 
+    widget.keys.value = True  # number keys paint phases only while the user says so
     layer.keymap[KeyBinding.from_str("3")](layer)  # number key
     assert layer.selected_label == 3
     widget.table.native.item(0, 1).setText("polyamide")  # as if typed in the table
@@ -162,6 +163,8 @@ def test_counts_per_phase(sample_viewer, widget, qtbot):
     qtbot.waitUntil(lambda: (widget.last_counts or {}).get("matrix") == (7, 2), timeout=5000)
     assert widget.last_counts["pore"] == (1, 1) and widget.last_counts["fibre"] == (0, 0)
     assert "matrix: 7 voxels in 2 slices" in widget.counts.value
+    assert "pore: 1 voxel in 1 slice" in widget.counts.value
+    assert "fibre: 0 voxels in 0 slices" in widget.counts.value
 
 
 def test_autosave_and_restore(
@@ -242,3 +245,49 @@ def test_no_image_is_a_clear_error(make_napari_viewer, qtbot, errors):
     viewer.add_image(np.zeros((4, 16, 16), np.uint8), name="scan")
     assert w.image.layer is viewer.layers["scan"]
     assert w.ensure_layer().data.shape == (4, 16, 16)
+
+
+def test_number_keys_stay_napari_s_until_switched_on(sample_viewer, widget):
+    from app_model.types import KeyBinding
+
+    layer = widget.ensure_layer()
+    digits = [KeyBinding.from_str(str(i)) for i in range(1, 10)]
+    assert widget.keys.value is False
+    assert not any(k in layer.keymap for k in digits)  # napari's tool keys (1 eraser, 2 brush...)
+    assert "eraser" in widget.keys.tooltip and "1-9" in widget.keys.tooltip
+    widget.keys.value = True
+    assert all(k in layer.keymap for k in digits[:3]) and digits[3] not in layer.keymap  # 3 phases
+    widget.add_phase.native.click()
+    assert digits[3] in layer.keymap
+    widget.keys.value = False
+    assert not any(k in layer.keymap for k in digits)
+
+
+def test_shortcuts_are_listed_in_the_widget(sample_viewer, widget):
+    widget.native.show()
+    assert not widget.shortcuts.native.isVisible()
+    widget.help.native.click()
+    assert widget.shortcuts.native.isVisible()
+    for key in ("1-9", "Ctrl+Z", "P brush", "E eraser"):
+        assert key in widget.shortcuts.value and key in widget.help.tooltip
+
+
+def test_phase_table_headers_fit(sample_viewer, widget):
+    widget.native.show()
+    table = widget.table.native
+    header = table.horizontalHeader()
+    for col in range(table.columnCount()):
+        text = table.horizontalHeaderItem(col).text()
+        needed = header.fontMetrics().horizontalAdvance(text)
+        assert header.sectionSize(col) >= needed, text
+        assert table.horizontalHeaderItem(col).toolTip()
+    assert "click" in table.horizontalHeaderItem(1).toolTip().lower()
+
+
+def test_rarely_used_options_are_collapsed(sample_viewer, widget):
+    widget.native.show()
+    assert widget.advanced.expanded is False
+    assert not widget.import_button.native.isVisible() and not widget.save_to.native.isVisible()
+    assert widget.copy_prediction.native.isVisible() and widget.next_slice.native.isVisible()
+    widget.advanced.expanded = True
+    assert widget.import_button.native.isVisible()

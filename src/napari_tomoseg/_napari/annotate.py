@@ -1,9 +1,10 @@
 """The Annotate dock widget: an ``annotations`` labels layer bound to a phase table, and tools to fill
 it fast.
 
-phase table (add / rename / recolour; click or number key = paint that phase) -> ``annotations``
-(uint8, 0 = not annotated) <- copy the prediction of the current slice, import another tool's labels
-(ids remapped in a dialog); counts per phase; "next slice to correct" from the uncertainty.
+phase table (add / rename / recolour; click = paint that phase, or keys 1-9 while "Keys 1-9 paint
+phases" is on) -> ``annotations`` (uint8, 0 = not annotated) <- copy the prediction of the current
+slice, import another tool's labels (ids remapped in a dialog); counts per phase; "next slice to
+correct" from the uncertainty.
 Every change is saved (atomically, in a worker) next to the volume and restored when it is reopened
 (see :mod:`napari_tomoseg._napari.autosave`).
 """
@@ -21,6 +22,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QColorDialog
 
+from napari_tomoseg._napari.advanced import Advanced
 from napari_tomoseg._napari.autosave import (
     AUTOSAVE_STORE_SUFFIX,
     AUTOSAVE_SUFFIX,
@@ -30,6 +32,7 @@ from napari_tomoseg._napari.autosave import (
     open_annotation_store,
     restore_annotations,
 )
+from napari_tomoseg._napari.docking import tabify_docks
 from napari_tomoseg._napari.files import source_identity
 from napari_tomoseg._napari.jobs import JobControls, JobRunner, JobState
 from napari_tomoseg._napari.layers import (
@@ -43,7 +46,7 @@ from napari_tomoseg._napari.layers import (
 from napari_tomoseg._napari.notify import notify_error, notify_info, notify_warning
 from napari_tomoseg._napari.outputs import choose_folder, choose_input_file
 from napari_tomoseg._napari.state import state_for
-from napari_tomoseg._napari.tables import PhaseTableView
+from napari_tomoseg._napari.tables import PhaseTableView, counted
 from napari_tomoseg.core.model.modes import AXIS_NAMES
 from napari_tomoseg.core.phases import DEFAULT_COLOURS, Phase, PhaseTable
 
@@ -70,6 +73,16 @@ NOT_ANNOTATED = "not annotated"
 #: Painting is quiet for this long before the annotations are saved / recounted.
 AUTOSAVE_DELAY_MS = 1500
 COUNT_DELAY_MS = 300
+#: napari's own keys on a labels layer, taken over by "Keys 1-9 paint phases" (digits only).
+NAPARI_DIGIT_KEYS = "1 eraser, 2 brush, 3 polygon, 4 fill, 5 label picker, 6 pan/zoom, 7 transform"
+SHORTCUTS = (
+    "Keys while the annotations layer is selected:\n"
+    "• click a phase in the table: paint that phase\n"
+    "• 1-9, with 'Keys 1-9 paint phases' on: paint phase 1-9 (instead of napari's tool keys "
+    f"{NAPARI_DIGIT_KEYS})\n"
+    "• napari's letter keys always work: P brush, E eraser, F fill, L label picker, Z pan/zoom, "
+    "[ and ] brush size, Ctrl+Z undo, Ctrl+Shift+Z redo"
+)
 
 
 class RemapDialog(Dialog):
@@ -82,7 +95,7 @@ class RemapDialog(Dialog):
         targets = [NOT_ANNOTATED, *phases.names]
         self.combos: dict[int, ComboBox] = {
             int(i): ComboBox(
-                label=f"id {int(i)} ({int(n):,} voxels)",
+                label=f"id {int(i)} ({counted(int(n), 'voxel')})",
                 choices=targets,
                 value=targets[int(guess.get(int(i), 0))],
             )
@@ -138,10 +151,24 @@ class AnnotateWidget(Container):
         self.axis = ComboBox(label="Slice axis", choices=list(AXIS_NAMES), value="z")
         self.create = PushButton(text="Create / restore annotations layer")
         self.table = PhaseTableView(self.phases)
+        self.keys = CheckBox(text="Keys 1-9 paint phases", value=False)
+        self.keys.tooltip = (
+            "While on, number keys 1-9 on the annotations layer paint phase 1-9 instead of choosing "
+            f"napari's tools ({NAPARI_DIGIT_KEYS}); napari's letter keys still choose them. "
+            "Off: napari's keys as usual."
+        )
+        self.help = PushButton(text="?")
+        self.help.tooltip = SHORTCUTS
+        self.help.native.setMaximumWidth(32)
+        self.shortcuts = Label(value=SHORTCUTS)
+        self.shortcuts.native.setWordWrap(True)
+        self.shortcuts.visible = False
         self.add_phase = PushButton(text="Add phase")
         self.remove_phase = PushButton(text="Remove last phase")
         self.copy_prediction = PushButton(text="Copy prediction into this slice")
-        self.overwrite = CheckBox(text="also over annotated voxels", value=False)
+        self.overwrite = CheckBox(
+            text="Copy the prediction also over annotated voxels", value=False
+        )
         self.import_button = PushButton(text="Import labels from file…")
         self.next_slice = PushButton(text="Next slice to correct")
         self.next_slice.tooltip = (
@@ -164,21 +191,26 @@ class AnnotateWidget(Container):
 
         form = Container(widgets=[self.image, self.axis])
         form.margins = (0, 0, 0, 0)
+        self.advanced = Advanced(
+            [self.overwrite, self.import_button, row(self.save_to, self.save_status)]
+        )
         super().__init__(
             widgets=[
                 form,
                 self.create,
                 self.table,
                 row(self.add_phase, self.remove_phase),
-                row(self.copy_prediction, self.overwrite),
-                self.import_button,
+                row(self.keys, self.help),
+                self.shortcuts,
+                self.copy_prediction,
                 self.next_slice,
                 self.counts,
-                row(self.save_to, self.save_status),
+                self.advanced,
                 self.controls,
             ],
             labels=False,
         )
+        tabify_docks(napari_viewer)
 
         self._autosave_timer = QTimer(self.native)
         self._autosave_timer.setSingleShot(True)
@@ -202,6 +234,8 @@ class AnnotateWidget(Container):
         self.import_button.changed.connect(self._import_clicked)
         self.next_slice.changed.connect(self._next_clicked)
         self.save_to.changed.connect(self._choose_folder)
+        self.keys.changed.connect(self._keys_toggled)
+        self.help.changed.connect(self._help_clicked)
         self.state.phases_changed.connect(self._phases_changed)
         if ANNOTATIONS in napari_viewer.layers:
             existing = napari_viewer.layers[ANNOTATIONS]
@@ -404,8 +438,20 @@ class AnnotateWidget(Container):
         self.update_counts()
 
     def _bind_keys(self, layer: Any) -> None:
-        for i in range(1, min(9, len(self.phases)) + 1):
-            layer.bind_key(str(i), self._key_handler(i), overwrite=True)
+        """Keys 1-9 paint phases on ``layer`` while the check box says so; napari's keys otherwise."""
+        n = min(9, len(self.phases)) if self.keys.value else 0
+        for i in range(1, 10):
+            if i <= n:
+                layer.bind_key(str(i), self._key_handler(i), overwrite=True)
+            else:
+                layer.bind_key(str(i), None)  # napari's own binding of the key applies again
+
+    def _keys_toggled(self, *_: Any) -> None:
+        if self._layer is not None:
+            self._bind_keys(self._layer)
+
+    def _help_clicked(self) -> None:
+        self.shortcuts.visible = not self.shortcuts.visible
 
     def _key_handler(self, phase_id: int) -> Any:
         def handler(layer: Any) -> None:
@@ -453,7 +499,10 @@ class AnnotateWidget(Container):
             for p in self.phases.phases
             if p.id < len(voxels)
         }
-        lines = [f"{name}: {v:,} voxels in {s} slices" for name, (v, s) in self.last_counts.items()]
+        lines = [
+            f"{name}: {counted(v, 'voxel')} in {counted(s, 'slice')}"
+            for name, (v, s) in self.last_counts.items()
+        ]
         try:
             self.counts.value = "\n".join(lines)
         except RuntimeError:  # the dock was closed meanwhile
@@ -532,7 +581,7 @@ class AnnotateWidget(Container):
 
     def copy_prediction_slice(self) -> int:
         """Copy the prediction of the slice on screen into the annotations (only into unannotated
-        voxels unless "also over annotated voxels" is checked). Undoable. Returns voxels changed."""
+        voxels unless "Copy the prediction also over annotated voxels" is checked). Undoable. Returns voxels changed."""
         layer = self.ensure_layer()
         if layer is None:
             return 0
@@ -570,7 +619,7 @@ class AnnotateWidget(Container):
         self._schedule()
         n = int(take.sum())
         self.controls.status.value = (
-            f"Copied {n:,} voxels of the prediction into {AXIS_NAMES[axis]}={index}"
+            f"Copied {counted(n, 'voxel')} of the prediction into {AXIS_NAMES[axis]}={index}"
         )
         return n
 
@@ -638,7 +687,7 @@ class AnnotateWidget(Container):
                     layer.data[sl] = block
             layer.refresh()
         self._schedule()
-        self.controls.status.value = f"Imported {n:,} annotated voxels"
+        self.controls.status.value = f"Imported {counted(n, 'annotated voxel')}"
         return n
 
     def _next_clicked(self) -> None:
