@@ -180,3 +180,25 @@ def test_gui_without_napari_prints_the_pip_command_and_exits_2(
     assert says in lines[0]
     assert lines[0].endswith('pip install "napari-tomoseg[napari]"')
     assert done.stdout == ""
+
+
+def test_readme_quick_start_installs_napari_and_runs_the_ci_test_command() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```(\w*)\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 1 and blocks[0][0] == "bash", blocks
+    commands = [line for line in blocks[0][1].splitlines() if line.strip()]
+    assert len(commands) == 2, commands
+    install, test = commands
+    extra = re.search(r'pip install -e "\.\[(\w+)\]"', install)
+    assert (
+        extra
+        and extra.group(1) in EXTRAS
+        and "napari" in {_dist_name(r) for r in EXTRAS[extra.group(1)]}
+    ), install
+    assert install.endswith("tomoseg demo")
+    # .ci/run runs the README's test command exactly as written there.
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert test in ci.splitlines(), test
+    after = section.split("```", 2)[2]
+    assert "`tomoseg gui [VOLUME]`" in after
