@@ -17,13 +17,13 @@ import numpy as np
 from magicgui.widgets import CheckBox, Container, Label, LineEdit, PushButton
 
 from napari_tomoseg._napari.jobs import JobRunner
-from napari_tomoseg._napari.layers import LayerPicker, layer_phases
+from napari_tomoseg._napari.layers import LayerPicker, is_segmentation, layer_phases
 from napari_tomoseg._napari.notify import describe_error, notify_error, notify_info
 from napari_tomoseg._napari.outputs import (
+    VoxelSizeField,
     check_not_source,
     choose_output_path,
     confirm_overwrite,
-    layer_voxel_size,
     write_text_atomic,
 )
 from napari_tomoseg._napari.state import state_for
@@ -54,7 +54,13 @@ class ExportWidget(Container):
             label="Labels layer",
             tooltip="The labels layer to export (e.g. the prediction)",
             prefer=("prediction",),
+            prefer_if=is_segmentation,  # a segmentation renamed, or several: the newest
             avoid=("ground truth", *_SHOWN_ONLY),
+        )
+        self.voxel_size = VoxelSizeField(
+            tooltip="Written into the label file, the probabilities and the report: the layer's "
+            "voxel size (z, y, x), or what you write here (one number or z,y,x with a unit, µm "
+            "when none); empty: unknown, lengths in voxels"
         )
         self.write_probabilities = CheckBox(text="Probabilities", value=False)
         self.write_probabilities.tooltip = (
@@ -87,13 +93,15 @@ class ExportWidget(Container):
             label="Probabilities",
         )
         probs_row.margins = (0, 0, 0, 0)
-        form = Container(widgets=[self.labels_layer, probs_row, path_row])
+        form = Container(widgets=[self.labels_layer, self.voxel_size, probs_row, path_row])
         form.margins = (0, 0, 0, 0)
         super().__init__(
             widgets=[form, self.report_check, self.export_button, self.status], labels=False
         )
 
         self.labels_layer.changed.connect(self.probabilities.refresh)
+        self.labels_layer.changed.connect(self._show_voxel_size)
+        self._show_voxel_size()
         self.browse_button.changed.connect(self._browse)
         self.export_button.changed.connect(self._export_clicked)
         self.runner.on_state(
@@ -101,6 +109,10 @@ class ExportWidget(Container):
         )
 
     # ----------------------------------------------------------------------------------------
+    def _show_voxel_size(self, *_: Any) -> None:
+        """Show the chosen layer's voxel size (empty when unknown)."""
+        self.voxel_size.follow(self.labels_layer.layer)
+
     def _matches_labels(self, layer: Any) -> bool:
         """Probability maps of the chosen labels: (C, z, y, x) over the same voxels."""
         labels = getattr(self, "labels_layer", None)
@@ -158,6 +170,7 @@ class ExportWidget(Container):
                     f"layer {layer.name!r} has shape {tuple(layer.data.shape)}; a 3D label "
                     "volume is needed"
                 )
+            voxel = self.voxel_size.voxel_size(layer)
             phases = layer_phases(layer) or self.state.phases
             probs_layer = self.probabilities.layer if self.write_probabilities.value else None
             if probs_layer is not None and tuple(probs_layer.data.shape[-3:]) != tuple(
@@ -186,7 +199,6 @@ class ExportWidget(Container):
 
         evaluation = self._evaluation_of(layer)
         model_name, provenance = _model_info(layer, self.state)
-        voxel = layer_voxel_size(layer)
         labels, probs = layer.data, None if probs_layer is None else probs_layer.data
         report = bool(self.report_check.value)
         name = layer.name

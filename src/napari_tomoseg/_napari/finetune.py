@@ -8,6 +8,7 @@ best weights) -> the model in the viewer's state ("Segment again" in one click, 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,6 +128,16 @@ class FinetuneWidget(Container):
         self.validate_every.native.setSpecialValueText("auto")
         self.augment = CheckBox(text="augment (flips/rotations, intensity, noise)", value=True)
         self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
+        self.threads = SpinBox(
+            label="CPU threads",
+            value=0,
+            min=0,
+            max=max(1, os.cpu_count() or 1),
+            tooltip="Threads the network trains with on the CPU; auto: the cores napari may use. "
+            "Fewer leave cores free for other programs. Applies to this run and later ones; a "
+            "run already going keeps its own.",
+        )
+        self.threads.native.setSpecialValueText("auto")
         self.controls = JobControls(self.runner, "Fine-tune")
         self.summary = Label(value="")
         self.summary.native.setWordWrap(True)
@@ -148,6 +159,7 @@ class FinetuneWidget(Container):
                 self.validate_every,
                 self.augment,
                 self.device,
+                self.threads,
             ]
         )
         form.margins = (0, 0, 0, 0)
@@ -264,12 +276,15 @@ class FinetuneWidget(Container):
             return
         phases = plan.phases
         device = self.device.value
+        threads = int(self.threads.value) or None
         self.plot.reset(list(phases.names), [p.colour for p in phases.phases])
         total = config.steps
 
         def job(token: Any) -> Generator[Any, None, Any]:
             from napari_tomoseg.core.learn.finetune import iter_finetune
+            from napari_tomoseg.core.threads import configure_threads
 
+            configure_threads(threads)  # in this worker thread, where torch computes
             result = yield from iter_finetune(
                 volume,
                 annotations,

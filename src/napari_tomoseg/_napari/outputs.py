@@ -1,5 +1,5 @@
 """Files the dock widgets write or read at the user's request: dialogs that never replace a file
-silently, atomic text writes, the voxel size of a layer.
+silently, atomic text writes, the voxel size of a layer and the field that shows and sets it.
 
 widget -> :func:`choose_output_path` (save dialog, then our own "Replace?" question) -> the widget
 writes (e.g. :func:`write_text_atomic`); :func:`check_not_source` refuses a destination that is a
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from magicgui.widgets import LineEdit
 from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
 
 from napari_tomoseg._napari.files import source_path
@@ -22,12 +23,16 @@ from napari_tomoseg._napari.writer import voxel_size_um
 from napari_tomoseg.core.io import check_not_input
 
 __all__ = [
+    "VoxelSizeField",
+    "apply_voxel_size",
     "check_not_source",
     "choose_folder",
     "choose_input_file",
     "choose_output_path",
     "confirm_overwrite",
+    "format_voxel_size",
     "layer_voxel_size",
+    "parse_voxel_size_text",
     "write_text_atomic",
 ]
 
@@ -36,6 +41,86 @@ def layer_voxel_size(layer: Any) -> tuple[float, float, float] | None:
     """The voxel size ``(z, y, x)`` in µm of a 3D layer, or None if unknown (see
     :func:`~napari_tomoseg._napari.writer.voxel_size_um`)."""
     return voxel_size_um(getattr(layer, "scale", ()), getattr(layer, "units", None))
+
+
+def format_voxel_size(voxel: Sequence[float] | None) -> str:
+    """``"1.3 µm"`` or ``"2, 1.3, 1.3 µm"`` (z, y, x); ``""`` when unknown. Read back by
+    :func:`parse_voxel_size_text`."""
+    if voxel is None:
+        return ""
+    values = [f"{float(v):.6g}" for v in voxel]
+    return f"{values[0] if len(set(values)) == 1 else ', '.join(values)} µm"
+
+
+def parse_voxel_size_text(text: str) -> tuple[float, float, float] | None:
+    """A voxel size field's text as ``(z, y, x)`` in µm; None when empty (unknown).
+
+    The syntax of ``tomoseg --voxel-size``: one number or three (z, y, x), an optional unit (µm
+    when none). A ValueError says what to write.
+    """
+    from napari_tomoseg.core.measure.units import parse_voxel_size
+
+    text = str(text).strip()
+    if not text:
+        return None
+    try:
+        return parse_voxel_size(text)
+    except ValueError as err:
+        raise ValueError(f"voxel size: {err}") from None
+
+
+class VoxelSizeField(LineEdit):
+    """A text field showing a layer's voxel size, which the user may correct.
+
+    :meth:`follow` shows a layer's voxel size; :meth:`voxel_size` reads the field: the user's text
+    (see :func:`parse_voxel_size_text`) when it was edited, else the layer's voxel size as it is
+    now (which a segmentation may have set since). Empty means unknown.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**{"label": "Voxel size", **kwargs})
+        self.native.setPlaceholderText("unknown, e.g. 1.3 or 2,1.3,1.3 µm")
+        self._shown = ""
+
+    def follow(self, layer: Any) -> None:
+        """Show ``layer``'s voxel size (empty when unknown or no layer)."""
+        self._shown = format_voxel_size(None if layer is None else layer_voxel_size(layer))
+        self.value = self._shown
+
+    def voxel_size(self, layer: Any) -> tuple[float, float, float] | None:
+        """``(z, y, x)`` in µm for ``layer``, or None; a ValueError says what to write."""
+        text = str(self.value).strip()
+        if text == self._shown.strip():
+            return None if layer is None else layer_voxel_size(layer)
+        return parse_voxel_size_text(text)
+
+
+def apply_voxel_size(
+    viewer: Any, image: Any, voxel: tuple[float, float, float] | None
+) -> list[str]:
+    """Give ``image`` and every layer drawn over it (the same last three dimensions and the same
+    scale) the voxel size ``voxel`` in µm, so that they stay aligned; returns the names changed.
+
+    Nothing changes when ``voxel`` is None or already the image's voxel size.
+    """
+    if voxel is None:
+        return []
+    old = layer_voxel_size(image)
+    if old is not None and np.allclose(old, voxel, rtol=1e-9, atol=0):
+        return []
+    shape = tuple(image.data.shape[-3:])
+    scale = tuple(float(v) for v in image.scale[-3:])
+    changed = []
+    for layer in list(viewer.layers):
+        if layer.ndim < 3 or tuple(layer.data.shape[-3:]) != shape:
+            continue
+        if not np.allclose(tuple(layer.scale[-3:]), scale):
+            continue
+        keep = layer.ndim - 3
+        layer.scale = (*tuple(layer.scale)[:keep], *voxel)
+        layer.units = (*tuple(layer.units)[:keep], *(("µm",) * 3))
+        changed.append(layer.name)
+    return changed
 
 
 def check_not_source(path: Path, layers: Sequence[Any]) -> None:

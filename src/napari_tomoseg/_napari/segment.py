@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from magicgui.widgets import (
 from napari.layers import Layer
 from napari.qt.threading import create_worker
 
+from napari_tomoseg._napari.advanced import Advanced
 from napari_tomoseg._napari.devices import DEVICES, detect_devices
 from napari_tomoseg._napari.files import companion_path
 from napari_tomoseg._napari.jobs import JobControls, JobRunner, JobState
@@ -42,10 +44,14 @@ from napari_tomoseg._napari.layers import (
     geometry,
     is_image,
     upsert_labels,
-    voxel_size,
 )
 from napari_tomoseg._napari.models import ModelChooser, ModelInfo
 from napari_tomoseg._napari.notify import notify_error, notify_info, notify_warning
+from napari_tomoseg._napari.outputs import (
+    VoxelSizeField,
+    apply_voxel_size,
+    layer_voxel_size,
+)
 from napari_tomoseg._napari.state import state_for
 from napari_tomoseg.core.model.modes import AXIS_NAMES, MODES, runnable_modes
 
@@ -122,6 +128,12 @@ class SegmentWidget(Container):
         self.runner = JobRunner("Segmenting")
 
         self.image = LayerPicker(napari_viewer, "image", label="Image", accept=_is_volume)
+        self.voxel_size = VoxelSizeField(
+            tooltip="The image's voxel size (z, y, x), read from its file. Correct it here when "
+            "the file has none or a wrong one: one number or z,y,x with a unit (µm when none). "
+            "Segmenting gives it to the image, the layers drawn over it and the prediction, and "
+            "Export writes it into the files."
+        )
         self.model = ModelChooser(self.state, label="Model")
         self.mask = MaskPicker(
             napari_viewer,
@@ -160,6 +172,17 @@ class SegmentWidget(Container):
         self.keep_uncertainty = CheckBox(
             text="Uncertainty layer (for 'next slice to correct')", value=True
         )
+        self.threads = SpinBox(
+            label="CPU threads",
+            value=0,
+            min=0,
+            max=max(1, os.cpu_count() or 1),
+            tooltip="Threads the network computes with on the CPU; auto: the cores napari may "
+            "use. Fewer leave cores free for other programs. Applies to this run and later ones; "
+            "a run already going keeps its own.",
+        )
+        self.threads.native.setSpecialValueText("auto")
+        self.advanced = Advanced([self.threads], text="Advanced options")
         self.preview = PushButton(
             text="Preview slice",
             tooltip="Segment the slice on screen and estimate the time for the whole volume",
@@ -171,6 +194,7 @@ class SegmentWidget(Container):
         form = Container(
             widgets=[
                 self.image,
+                self.voxel_size,
                 self.model,
                 _row("Mask", self.mask, self.detect_fov),
                 self.mode,
@@ -184,9 +208,12 @@ class SegmentWidget(Container):
             ]
         )
         form.margins = (0, 0, 0, 0)
-        super().__init__(widgets=[form, self.preview, self.controls, self.estimate], labels=False)
+        super().__init__(
+            widgets=[form, self.advanced, self.preview, self.controls, self.estimate], labels=False
+        )
 
         self.tile.changed.connect(self._tile_changed)
+        self.image.changed.connect(self._show_voxel_size)
         self.model.model_changed.connect(self._model_changed)
         self.preview.changed.connect(lambda: self.run_preview())
         self.controls.run_button.changed.connect(lambda: self.run())
@@ -194,9 +221,20 @@ class SegmentWidget(Container):
         # A weak connection: it ends with this widget (napari's window close stops running jobs).
         self.state.segment_requested.connect(self._segment_requested)
         self._model_changed()
+        self._show_voxel_size()
         self._find_devices()
 
     # form ------------------------------------------------------------------------------------
+    def _show_voxel_size(self, *_: Any) -> None:
+        """Show the chosen image's voxel size (empty when unknown)."""
+        self.voxel_size.follow(self.image.layer)
+
+    def _apply_voxel_size(self, layer: Any) -> None:
+        """Give ``layer`` (and the layers drawn over it) the voxel size in the form, when the user
+        changed it; a ValueError says what to write."""
+        if apply_voxel_size(self.viewer, layer, self.voxel_size.voxel_size(layer)):
+            self.voxel_size.follow(layer)  # as read back: in µm
+
     def _tile_changed(self, tile: int) -> None:
         # The network sees ``overlap // 2`` more on each side of a tile: at most half a tile.
         self.overlap.max = max(0, int(tile) // 2)
@@ -249,6 +287,7 @@ class SegmentWidget(Container):
             "device": self.device.value,
             "memory": int(self.memory.value * 1e9),
             "ring_removal": bool(self.ring_removal.value),
+            "threads": int(self.threads.value) or None,
         }
 
     def _inputs(self) -> tuple[Any, Any, Any]:
@@ -293,6 +332,7 @@ class SegmentWidget(Container):
             settings = self.settings()
             load = self.model.loader()
             phases = self.model.info().phases
+            self._apply_voxel_size(layer)
         except (ValueError, KeyError) as err:
             notify_error(f"Cannot segment: {err}")
             return False
@@ -329,13 +369,13 @@ class SegmentWidget(Container):
 
         def job(token: Any) -> Generator[Any, None, Any]:
             from napari_tomoseg.core.measure.uncertainty import SliceScoreAccumulator
-            from napari_tomoseg.core.segment import EntropyWriter, InferenceConfig, Segmenter
+            from napari_tomoseg.core.segment import EntropyWriter, Segmenter
 
             model = load()
             writer = None
             if uncertainty is not None:
                 writer = EntropyWriter(uncertainty, SliceScoreAccumulator(shape))
-            plan = Segmenter(model, InferenceConfig(**settings)).plan(
+            plan = Segmenter(model, _inference_config(settings)).plan(
                 volume, mask=mask, probabilities=writer is not None
             )
             result = yield from plan.run(out, probabilities_out=writer, cancel=token)
@@ -407,6 +447,8 @@ class SegmentWidget(Container):
                 "tomoseg_provenance": dict(model.provenance),
             }
         )
+        voxel = layer_voxel_size(layer_p)
+        layer_p.metadata["tomoseg_voxel_size_um"] = None if voxel is None else list(voxel)
         if uncertainty is not None:
             self._show_uncertainty(uncertainty, image, scores)
         shape = tuple(int(s) for s in layer_p.data.shape)
@@ -455,18 +497,18 @@ class SegmentWidget(Container):
         ``prediction`` layer shows the store as it fills. A stopped or failed run deletes the
         partial store and leaves the previous prediction as it was."""
         shape = tuple(int(s) for s in volume.shape)
-        voxel = voxel_size(layer)
+        voxel = layer_voxel_size(layer)
         previous = self._take_prediction()
         state: dict[str, Any] = {"layer": None, "labels": None, "last_refresh": 0.0}
 
         def job(token: Any) -> Generator[Any, None, Any]:
             from napari_tomoseg.core.io.labelstore import LABEL_CHUNKS
             from napari_tomoseg.core.measure.uncertainty import SliceScoreAccumulator
-            from napari_tomoseg.core.segment import InferenceConfig, Segmenter, prediction_stores
+            from napari_tomoseg.core.segment import Segmenter, prediction_stores
 
             model = load()
             scores = SliceScoreAccumulator(shape) if stores.uncertainty is not None else None
-            plan = Segmenter(model, InferenceConfig(**settings)).plan(
+            plan = Segmenter(model, _inference_config(settings)).plan(
                 volume, mask=mask, probabilities=scores is not None
             )
             # Chunks a viewer reads quickly (a few slices), rather than the plan's write chunks.
@@ -567,6 +609,7 @@ class SegmentWidget(Container):
             settings = self.settings()
             load = self.model.loader()
             phases = self.model.info().phases
+            self._apply_voxel_size(layer)
         except (ValueError, KeyError) as err:
             notify_error(f"Cannot preview: {err}")
             return False
@@ -577,10 +620,10 @@ class SegmentWidget(Container):
         mode = settings["mode"]
 
         def job(token: Any) -> Generator[Any, None, Any]:
-            from napari_tomoseg.core.segment import InferenceConfig, Segmenter
+            from napari_tomoseg.core.segment import Segmenter
 
             model = load()
-            segmenter = Segmenter(model, InferenceConfig(**{**settings, "memory": None}))
+            segmenter = Segmenter(model, _inference_config({**settings, "memory": None}))
             k = model.config.in_channels
             # Context around the slice: the slice alone for 2D, its neighbours for 2.5D, a slab for
             # 3D / three axes.
@@ -667,6 +710,18 @@ class SegmentWidget(Container):
 
         self.runner.start(job, on_return=on_return)
         return True
+
+
+def _inference_config(settings: dict[str, Any]) -> Any:
+    """The :class:`~napari_tomoseg.core.segment.InferenceConfig` of :meth:`SegmentWidget.settings`,
+    after setting torch's thread count (``settings["threads"]``, None: automatic) for the calling
+    thread: jobs call it in their worker thread, where torch then computes."""
+    from napari_tomoseg.core.segment import InferenceConfig
+    from napari_tomoseg.core.threads import configure_threads
+
+    options = dict(settings)
+    configure_threads(options.pop("threads", None))
+    return InferenceConfig(**options)
 
 
 def _duration(seconds: float) -> str:
