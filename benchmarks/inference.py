@@ -19,6 +19,14 @@ same run and ``fraction_of_peak`` is the slice mode's end-to-end model FLOP/s ov
 
     python benchmarks/inference.py                 # 64 slices (the issue's volume)
     python benchmarks/inference.py --slices 16     # quicker
+    python benchmarks/inference.py --slices 16 --tta   # with test-time augmentation (no MONAI)
+
+``--busy-neighbour`` instead times the 128^3 sample volume (File > Open Sample) with nothing else
+running and next to another process spinning a Python loop on one core, for the default thread
+choice, for ``--threads`` = the core count, and for libgomp's own spinning wait (GOMP_SPINCOUNT
+300000) with the default choice. Each runs in its own process (the OpenMP waiting policy is read
+when torch loads); the timings alternate between them and ``--repeats`` medians are reported with
+``busy_over_idle`` (default choice) and ``idle_default_over_idle_all_cores``.
 """
 
 from __future__ import annotations
@@ -110,6 +118,113 @@ def run_monai(
     return out, time.perf_counter() - t0
 
 
+# A timing process of --busy-neighbour: napari_tomoseg first (it sets the OpenMP waiting before
+# torch loads), then one segmentation of the sample per line read, its seconds written back.
+_TIMER = """
+import sys, time
+import napari_tomoseg
+from napari_tomoseg.core.threads import configure_threads
+from napari_tomoseg.core.model import bundled_model_path, load_model
+from napari_tomoseg.core.phantom.composite import make_phantom
+from napari_tomoseg.core.segment import InferenceConfig, Segmenter
+threads = configure_threads(int(sys.argv[1]) if sys.argv[1] != "default" else None)
+volume = make_phantom(seed=0).volume
+segmenter = Segmenter(load_model(bundled_model_path()), InferenceConfig(device="cpu"))
+segmenter.plan(volume[:8]).segment()
+print(threads, flush=True)
+for line in sys.stdin:
+    t0 = time.perf_counter()
+    segmenter.plan(volume).segment()
+    print(time.perf_counter() - t0, flush=True)
+"""
+
+
+def _spin(stop: Any) -> None:
+    """The busy neighbour: a Python loop on one core until ``stop`` is set."""
+    x = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            x += 1
+
+
+def busy_neighbour(repeats: int) -> dict[str, Any]:
+    """Segment the 128^3 sample idle and next to a busy process; medians of ``repeats`` runs."""
+    import multiprocessing
+    import os
+    import statistics
+    import subprocess
+
+    from napari_tomoseg.core.threads import available_cpus
+
+    cores = available_cpus()
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    configs = {
+        "default": ("default", env),
+        "all_cores": (str(cores), env),
+        "libgomp_spin_default": ("default", {**env, "GOMP_SPINCOUNT": "300000"}),
+    }
+    timers: dict[str, Any] = {}
+    threads: dict[str, int] = {}
+    for name, (arg, cenv) in configs.items():
+        timers[name] = subprocess.Popen(
+            [sys.executable, "-c", _TIMER, arg],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=cenv,
+        )
+    for name, proc in timers.items():
+        threads[name] = int(proc.stdout.readline())
+    ctx = multiprocessing.get_context("spawn")
+    times: dict[str, dict[str, list[float]]] = {n: {"idle": [], "busy": []} for n in configs}
+    try:
+        for rep in range(repeats):
+            for load in ("idle", "busy"):
+                stop, neighbour = ctx.Event(), None
+                if load == "busy":
+                    neighbour = ctx.Process(target=_spin, args=(stop,), daemon=True)
+                    neighbour.start()
+                    time.sleep(0.5)
+                try:
+                    for name, proc in timers.items():
+                        proc.stdin.write("run\n")
+                        proc.stdin.flush()
+                        times[name][load].append(float(proc.stdout.readline()))
+                finally:
+                    if neighbour is not None:
+                        stop.set()
+                        neighbour.join()
+            log(
+                f"round {rep + 1}/{repeats}: "
+                + ", ".join(
+                    f"{n} {t['idle'][-1]:.2f}/{t['busy'][-1]:.2f} s" for n, t in times.items()
+                )
+            )
+    finally:
+        for proc in timers.values():
+            proc.stdin.close()
+            proc.wait()
+    med = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
+    return {
+        "volume": [128, 128, 128],
+        "cores": cores,
+        "threads": threads,
+        "openmp_waiting": {
+            n: c[1].get("GOMP_SPINCOUNT", "napari_tomoseg's") for n, c in configs.items()
+        },
+        "repeats": repeats,
+        "seconds": times,
+        "median_seconds": med,
+        "busy_over_idle": med["default"]["busy"] / med["default"]["idle"],
+        "idle_default_over_idle_all_cores": med["default"]["idle"] / med["all_cores"]["idle"],
+        "busy_over_idle_all_cores": med["all_cores"]["busy"] / med["all_cores"]["idle"],
+        "busy_over_idle_libgomp_spin_default": (
+            med["libgomp_spin_default"]["busy"] / med["libgomp_spin_default"]["idle"]
+        ),
+        "machine": machine(),
+    }
+
+
 def mean_jaccard(pred: np.ndarray, truth: np.ndarray, n: int) -> tuple[float, list[float]]:
     j = jaccard_per_phase(pred, truth, n)
     return float(np.nanmean(j)), [float(v) for v in j]
@@ -127,7 +242,21 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     ap.add_argument("--chunk", type=int, default=4, help="slices per alternation with MONAI")
     ap.add_argument("--skip", nargs="*", default=[], choices=["2d-3axes", "3d", "monai"])
+    ap.add_argument(
+        "--busy-neighbour",
+        action="store_true",
+        help="time the 128^3 sample idle and next to a busy process (see above)",
+    )
+    ap.add_argument("--repeats", type=int, default=5, help="timings per case (--busy-neighbour)")
+    ap.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation (8 network passes per tile; FLOPs counted 8x; no MONAI run)",
+    )
     args = ap.parse_args()
+    if args.busy_neighbour:
+        emit(busy_neighbour(args.repeats))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -138,7 +267,11 @@ def main() -> None:
     volume, truth = ph.volume, ph.labels
     model = load_model(bundled_model_path())
     n = len(model.phases)
-    segmenter = Segmenter(model, InferenceConfig(device=args.device, precision=args.precision))
+    if args.tta:  # MONAI runs the bare network: no like-for-like comparison
+        args.skip = [*args.skip, "monai"]
+    segmenter = Segmenter(
+        model, InferenceConfig(device=args.device, precision=args.precision, tta=args.tta)
+    )
     predictor = segmenter.predictor
     assert isinstance(predictor, Predictor)
     vox = volume.size
@@ -146,6 +279,7 @@ def main() -> None:
         "shape": list(volume.shape),
         "device": str(segmenter.device),
         "precision": segmenter.precision_name,
+        "tta": args.tta,
         "machine": machine(),
         "modes": {},
     }
@@ -155,6 +289,7 @@ def main() -> None:
     peak16 = matmul_peak(torch.bfloat16)
     peak = max(peak32, peak16)
     fpv = flops_per_voxel(predictor.network, (1, model.config.in_channels, 512, 512))
+    fpv *= max(1, len(predictor.symmetries))  # one network pass per symmetry with --tta
     out.update(peak_fp32_flops=peak32, peak_bf16_flops=peak16, flops_per_voxel=fpv)
 
     # Ours and MONAI alternate on chunks of slices, so that a change in machine load (this CPU is
@@ -244,7 +379,8 @@ def main() -> None:
             net3, model.phases, defaults=InferenceDefaults(mode="3d", tile=64, overlap=16)
         )
         seg3 = Segmenter(
-            m3, InferenceConfig(mode="3d", device=args.device, precision=args.precision)
+            m3,
+            InferenceConfig(mode="3d", device=args.device, precision=args.precision, tta=args.tta),
         )
         s = args.size_3d
         v3 = np.ascontiguousarray(volume[:, :s, :s])
@@ -252,6 +388,7 @@ def main() -> None:
         _, sec3d = run_ours(v3, seg3)
         assert isinstance(seg3.predictor, Predictor)
         fpv3 = flops_per_voxel(seg3.predictor.network, (1, 1, 64, 64, 64))
+        fpv3 *= max(1, len(seg3.predictor.symmetries))
         mv3d = v3.size / sec3d / 1e6
         out["modes"]["3d"] = {
             "shape": list(v3.shape),
