@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, Container, Label, LineEdit, PushButton
 
+from napari_tomoseg._napari.docking import tabify_docks
 from napari_tomoseg._napari.jobs import JobRunner
 from napari_tomoseg._napari.layers import LayerPicker, is_segmentation, layer_phases
 from napari_tomoseg._napari.notify import describe_error, notify_error, notify_info
@@ -98,6 +99,7 @@ class ExportWidget(Container):
         super().__init__(
             widgets=[form, self.report_check, self.export_button, self.status], labels=False
         )
+        tabify_docks(napari_viewer)
 
         self.labels_layer.changed.connect(self.probabilities.refresh)
         self.labels_layer.changed.connect(self._show_voxel_size)

@@ -32,6 +32,7 @@ __all__ = [
     "geometry",
     "is_image",
     "is_labels",
+    "is_segmentation",
     "labels_colormap",
     "layer_phases",
     "phase_features",
@@ -52,6 +53,11 @@ def is_image(layer: Any) -> bool:
     return isinstance(layer, Image)
 
 
+def is_segmentation(layer: Any) -> bool:
+    """True for a labels layer the Segment widget filled (it records the model it used)."""
+    return isinstance(layer, Labels) and "tomoseg_model" in (getattr(layer, "metadata", None) or {})
+
+
 class LayerPicker(ComboBox):
     """A magicgui combo box of the viewer's layers of one kind that follows the viewer.
 
@@ -65,6 +71,9 @@ class LayerPicker(ComboBox):
         As for any magicgui widget.
     prefer
         Layer names to pick, in this order, while the user has not chosen a layer.
+    prefer_if
+        Next, the topmost (newest) layer for which this is true, e.g. a layer the Segment widget
+        made (see :func:`is_segmentation`), whatever its name.
     avoid
         Layer names never picked automatically (the user may still choose them).
     optional
@@ -89,6 +98,7 @@ class LayerPicker(ComboBox):
         label: str | None = None,
         tooltip: str | None = None,
         prefer: Sequence[str] = (),
+        prefer_if: Callable[[Layer], bool] | None = None,
         avoid: Sequence[str] = (),
         optional: bool = False,
         accept: Callable[[Layer], bool] | None = None,
@@ -96,6 +106,7 @@ class LayerPicker(ComboBox):
         self.viewer = viewer
         self._kind = _KINDS[kind] if isinstance(kind, str) else kind
         self._prefer = tuple(prefer)
+        self._prefer_if = prefer_if
         self._avoid = tuple(avoid)
         self._accept = accept
         self._user_chose = False
@@ -130,6 +141,10 @@ class LayerPicker(ComboBox):
             if name in by_name:
                 return by_name[name]
         allowed = [ly for ly in layers if ly.name not in self._avoid]
+        if self._prefer_if is not None:
+            liked = [ly for ly in allowed if self._prefer_if(ly)]
+            if liked:
+                return liked[-1]
         if allowed:
             return allowed[0]
         return None if self._nullable else (layers[0] if layers else None)
