@@ -1,4 +1,4 @@
-"""Artifact clean-up dock widget: find blobs of a phase slice by slice, select, reassign (undoable).
+"""Clean-up dock widget: remove blobs of a phase by area and aspect ratio (ring artifacts, streaks).
 
 labels layer + phase -> core ``iter_find_blobs`` in a worker -> scatter plot of area vs aspect ratio
 (log axes) -> selection by thresholds (core ``BlobTable.select``) or lasso -> ``blob selection`` layer
@@ -17,10 +17,14 @@ import numpy.typing as npt
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
 from qtpy.QtCore import QTimer
 
+from napari_tomoseg._napari.advanced import Advanced
+from napari_tomoseg._napari.docking import tabify_docks
 from napari_tomoseg._napari.jobs import JobControls, JobRunner
 from napari_tomoseg._napari.layers import LayerPicker, geometry, layer_phases
 from napari_tomoseg._napari.notify import notify_error, notify_info
+from napari_tomoseg._napari.plots import apply_theme, follow_theme, theme_colours
 from napari_tomoseg._napari.state import state_for
+from napari_tomoseg._napari.tables import counted
 from napari_tomoseg.core.model.modes import AXIS_NAMES
 from napari_tomoseg.core.phases import PhaseTable
 
@@ -38,17 +42,28 @@ _SELECTION_COLOUR = "#ff00ff"
 _SURROUNDING = "(surrounding phase)"
 _SELECTED = (1.0, 0.0, 1.0, 1.0)
 _UNSELECTED = (0.3, 0.45, 0.7, 0.6)
+TITLE = "Remove blobs of a phase by area and aspect ratio"
+HELP = (
+    "A blob is a connected patch of one phase in one slice. Analyse plots every blob's area "
+    "against its aspect ratio; the blobs at least as large and as elongated as the thresholds "
+    "below (or drawn around in the plot) are selected, shown in magenta, and Reassign gives them "
+    "the phase that surrounds them most (or the phase you choose). Ring artifacts and streaks are "
+    "large, elongated blobs; real pores are small and round."
+)
 
 
 class BlobScatter(Container):
     """Blobs as points of (area, aspect ratio) on log axes (a matplotlib canvas); a lasso hands its
     polygon, in data coordinates, to ``on_lasso``."""
 
-    def __init__(self, on_lasso: Callable[[npt.NDArray[np.float64]], None]) -> None:
+    def __init__(
+        self, on_lasso: Callable[[npt.NDArray[np.float64]], None], viewer: Any = None
+    ) -> None:
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
         super().__init__(labels=False)
+        self.viewer = viewer
         self.margins = (0, 0, 0, 0)
         self.figure = Figure(figsize=(4, 3), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
@@ -58,6 +73,13 @@ class BlobScatter(Container):
         self.points: Any = None
         self._on_lasso = on_lasso
         self._lasso: Any = None
+        self.restyle()
+        follow_theme(self.canvas, self.restyle, viewer)
+
+    def restyle(self) -> None:
+        """Recolour the plot in napari's current theme."""
+        apply_theme(self.figure, theme_colours(self.viewer))
+        self.canvas.draw_idle()
 
     def plot(self, blobs: BlobTable, title: str) -> None:
         """One point per blob."""
@@ -81,7 +103,7 @@ class BlobScatter(Container):
         ax.set_xlabel("area (pixels)")
         ax.set_ylabel("aspect ratio (major / minor axis)")
         ax.set_title(title, fontsize="small")
-        self.canvas.draw_idle()
+        self.restyle()
 
     def inside(self, vertices: npt.NDArray[np.float64], blobs: BlobTable) -> npt.NDArray[np.bool_]:
         """Which blobs lie inside the polygon ``vertices`` (data coordinates)."""
@@ -100,7 +122,8 @@ class BlobScatter(Container):
 
 
 class CleanupWidget(Container):
-    """Select large, elongated blobs of a phase (ring artifacts, streaks) and give them another phase."""
+    """Remove blobs of a phase by area and aspect ratio: select the large, elongated ones (ring
+    artifacts, streaks), slice by slice, and give them the surrounding (or a chosen) phase."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self.viewer = napari_viewer
@@ -120,21 +143,35 @@ class CleanupWidget(Container):
             accept=lambda ly: ly.name not in (SELECTION_LAYER, "errors"),
         )
         self.phase = ComboBox(label="Phase", choices=[])
+        self.phase.tooltip = "The phase whose blobs are analysed (e.g. pores)"
         self.axis = ComboBox(label="Slices along", choices=list(AXIS_NAMES), value="z")
+        self.axis.tooltip = "Blobs are found in the slices across this axis (z: the usual slices)"
+        self.title = Label(value=f"<b>{TITLE}</b>")
+        self.help = Label(value=HELP)
+        self.help.native.setWordWrap(True)
         self.controls = JobControls(self.runner, "Analyse")
-        self.scatter = BlobScatter(self.select_polygon)
+        self.scatter = BlobScatter(self.select_polygon, napari_viewer)
         self.min_area = SpinBox(label="Min. area (px)", min=0, max=10**9, value=50)
+        self.min_area.tooltip = "Select blobs of at least this many pixels in their slice"
         self.min_aspect = FloatSpinBox(
             label="Min. aspect ratio", min=1.0, max=1e4, step=0.5, value=4.0
         )
+        self.min_aspect.tooltip = (
+            "Select blobs at least this elongated: length over width of the blob's equivalent "
+            "ellipse (1 = round)"
+        )
         self.to = ComboBox(label="Reassign to", choices=[_SURROUNDING])
+        self.to.tooltip = (
+            "The phase the selected blobs become; 'surrounding phase': the phase most frequent on "
+            "each blob's border in its slice"
+        )
         self.reassign_button = PushButton(text="Reassign selected blobs", enabled=False)
         self.undo_button = PushButton(text="Undo", enabled=False)
         self.controls.also_disable(self.reassign_button)
         self.summary = Label(value="Analyse a labels layer to see its blobs.")
         self.summary.native.setWordWrap(True)
 
-        form = Container(widgets=[self.labels_layer, self.phase, self.axis])
+        form = Container(widgets=[self.labels_layer, self.phase])
         form.margins = (0, 0, 0, 0)
         threshold_widgets: list[Any] = [self.min_area, self.min_aspect, self.to]
         thresholds = Container(widgets=threshold_widgets)
@@ -143,10 +180,22 @@ class CleanupWidget(Container):
             widgets=[self.reassign_button, self.undo_button], layout="horizontal", labels=False
         )
         buttons.margins = (0, 0, 0, 0)
+        self.advanced = Advanced([Container(widgets=[self.axis])])
         super().__init__(
-            widgets=[form, self.controls, self.scatter, thresholds, buttons, self.summary],
+            widgets=[
+                self.title,
+                self.help,
+                form,
+                self.advanced,
+                self.controls,
+                self.scatter,
+                thresholds,
+                buttons,
+                self.summary,
+            ],
             labels=False,
         )
+        tabify_docks(napari_viewer)
 
         self._watched: Any = None  # the layer whose phase table the phase lists follow
         self.labels_layer.changed.connect(self._layer_changed)
@@ -228,8 +277,8 @@ class CleanupWidget(Container):
     def _show(self, layer: Any, data: Any, table: BlobTable) -> None:
         self.blobs = table
         self._analysed = (layer, data)
-        self.scatter.plot(table, f"{len(table)} blobs of {self.phase.value}")
-        self.controls.status.value = f"{len(table)} blobs found."
+        self.scatter.plot(table, f"{counted(len(table), 'blob')} of {self.phase.value}")
+        self.controls.status.value = f"{counted(len(table), 'blob')} found."
         self._select_by_thresholds()
 
     # selection -------------------------------------------------------------------------------
@@ -252,7 +301,9 @@ class CleanupWidget(Container):
         self.selection = np.asarray(selection, dtype=bool)
         self.scatter.highlight(self.selection)
         n, vox = int(self.selection.sum()), int(self.blobs.area[self.selection].sum())
-        self.summary.value = f"{n} of {len(self.blobs)} blobs selected ({vox:,} voxels)."
+        self.summary.value = (
+            f"{n:,} of {counted(len(self.blobs), 'blob')} selected ({counted(vox, 'voxel')})."
+        )
         self.reassign_button.enabled = n > 0 and not self.runner.running
         self._highlight()
 
@@ -316,7 +367,7 @@ class CleanupWidget(Container):
         layer.data_setitem(idx, new_values)  # recorded in napari's history: Ctrl+Z undoes it
         self._last_edit = (layer, idx, old_values, new_values)
         self.undo_button.enabled = True
-        notify_info(f"{idx[0].size:,} voxels of {layer.name!r} reassigned")
+        notify_info(f"{counted(idx[0].size, 'voxel')} of {layer.name!r} reassigned")
         self.analyse()  # the blob table is stale now
 
     def _undo_clicked(self) -> None:
@@ -340,6 +391,6 @@ class CleanupWidget(Container):
         layer.data_setitem(idx, old_values)
         self._last_edit = None
         self.undo_button.enabled = False
-        notify_info(f"reassignment undone ({idx[0].size:,} voxels)")
+        notify_info(f"reassignment undone ({counted(idx[0].size, 'voxel')})")
         if not self.runner.running:
             self.analyse()

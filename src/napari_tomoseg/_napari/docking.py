@@ -44,7 +44,8 @@ class _Tabifier(QObject):
     def __init__(self, window: QMainWindow) -> None:
         super().__init__(window)
         self.setObjectName(_OBJECT_NAME)
-        self._window = window
+        # The window is this object's Qt parent, not an attribute: a reference from here would keep
+        # a closed viewer alive.
         self._known: weakref.WeakSet[QDockWidget] = weakref.WeakSet()
         self._pending = False
         window.installEventFilter(self)
@@ -68,11 +69,13 @@ class _Tabifier(QObject):
     def arrange(self) -> None:
         """Tab every napari-tomoseg dock not seen before with the first other one of its area."""
         self._pending = False
-        window = self._window
         try:
-            docks = tomoseg_docks(window)
+            window = self.parent()
         except RuntimeError:  # the window is gone
             return
+        if not isinstance(window, QMainWindow):
+            return
+        docks = tomoseg_docks(window)
         new = [d for d in docks if d not in self._known]
         self._known.update(docks)
         front = None

@@ -18,10 +18,12 @@ import numpy as np
 from magicgui.widgets import CheckBox, Container, Label, PushButton
 from qtpy.QtWidgets import QApplication
 
+from napari_tomoseg._napari.docking import tabify_docks
 from napari_tomoseg._napari.jobs import JobControls, JobRunner
 from napari_tomoseg._napari.layers import LayerPicker, layer_phases, upsert_labels
 from napari_tomoseg._napari.notify import notify_error, notify_info
 from napari_tomoseg._napari.outputs import choose_output_path, layer_voxel_size, write_text_atomic
+from napari_tomoseg._napari.plots import apply_theme, follow_theme, theme_colours
 from napari_tomoseg._napari.state import state_for
 from napari_tomoseg._napari.tables import ResultTable
 from napari_tomoseg.core.measure.evaluate import Evaluation, EvaluationProgress
@@ -37,6 +39,15 @@ __all__ = ["ERRORS_LAYER", "EvaluateWidget", "HeldOut", "ProfilePlot", "held_out
 
 ERRORS_LAYER = "errors"
 ERROR_COLOUR = "#ff0000"
+#: Headers of the per-phase table as shown in the dock (the full names are in their tooltips).
+SHORT_HEADERS = {
+    "Jaccard U-Net": "Jaccard",
+    "Jaccard grey-level": "grey-level",
+    "fraction (prediction)": "pred. %",
+    "fraction (reference)": "ref. %",
+    "volume (µm³)": "µm³",
+    "volume (voxels)": "voxels",
+}
 #: Layers the widgets make to show something; never a prediction or a reference.
 _SHOWN_ONLY = (ERRORS_LAYER, "blob selection")
 
@@ -122,18 +133,27 @@ def _band_mask(reference: Any, found: HeldOut) -> np.ndarray:
 
 
 class ProfilePlot(Container):
-    """Phase fractions (%) per z-slice, one line per phase in its colour (a matplotlib canvas)."""
+    """Phase fractions (%) per z-slice, one line per phase in its colour (a matplotlib canvas), in the
+    colours of napari's theme (``viewer``'s, else the settings')."""
 
-    def __init__(self) -> None:
+    def __init__(self, viewer: Any = None) -> None:
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
         super().__init__(labels=False)
         self.margins = (0, 0, 0, 0)
+        self.viewer = viewer
         self.figure = Figure(figsize=(4, 2.4), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(180)
         self.native.layout().addWidget(self.canvas)
+        self.restyle()
+        follow_theme(self.canvas, self.restyle, viewer)
+
+    def restyle(self) -> None:
+        """Recolour the plot in napari's current theme."""
+        apply_theme(self.figure, theme_colours(self.viewer))
+        self.canvas.draw_idle()
 
     def plot(self, result: Evaluation) -> None:
         """Draw ``result.profile`` against z (µm when the voxel size is known)."""
@@ -149,7 +169,7 @@ class ProfilePlot(Container):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("fraction (%)")
         ax.legend(fontsize="small", loc="best")
-        self.canvas.draw_idle()
+        self.restyle()
 
 
 class EvaluateWidget(Container):
@@ -199,14 +219,21 @@ class EvaluateWidget(Container):
         self.controls = JobControls(self.runner, "Evaluate")
         self.summary = Label(value="")
         self.summary.native.setWordWrap(True)
-        self.table = ResultTable()
+        self.table = ResultTable(
+            tooltip="Per-phase Jaccard and fractions; hover a header or a number for its full name "
+            "or exact value",
+            compact=True,
+            short_headers=SHORT_HEADERS,
+        )
         self.copy_button = PushButton(text="Copy table", enabled=False)
         self.save_button = PushButton(text="Save CSV…", enabled=False)
         self.confusion_table = ResultTable(
-            tooltip="Voxels by reference phase (rows) and predicted phase (columns)",
+            tooltip="Voxels by reference phase (rows) and predicted phase (columns); hover a number "
+            "for the exact count",
             row_headers=True,
+            compact=True,
         )
-        self.plot = ProfilePlot()
+        self.plot = ProfilePlot(napari_viewer)
 
         form = Container(widgets=[self.prediction, self.reference, self.image])
         form.margins = (0, 0, 0, 0)
@@ -230,6 +257,7 @@ class EvaluateWidget(Container):
             ],
             labels=False,
         )
+        tabify_docks(napari_viewer)
 
         self.reference.changed.connect(self._update_held_out)
         self.state.finetuned.connect(self._update_held_out)

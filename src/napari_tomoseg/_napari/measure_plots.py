@@ -15,6 +15,7 @@ import numpy as np
 from magicgui.widgets import Container
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
+from napari_tomoseg._napari.plots import apply_theme, theme_colours
 from napari_tomoseg._napari.tables import ResultTable
 
 if TYPE_CHECKING:
@@ -29,21 +30,6 @@ __all__ = ["PLOTS", "MeasurePlots", "theme_colours"]
 #: The tabs, in order.
 PLOTS = ("profile", "sizes", "orientation")
 _TITLES = {"profile": "Profile", "sizes": "Sizes", "orientation": "Orientation"}
-
-
-def theme_colours(viewer: napari.viewer.Viewer) -> dict[str, str]:
-    """``background``, ``foreground`` and ``text`` colours (hex) of the viewer's current theme."""
-    from napari.utils.theme import get_theme
-
-    try:
-        theme = get_theme(viewer.theme)
-    except ValueError:  # a theme removed since it was chosen: napari falls back to dark too
-        theme = get_theme("dark")
-    return {
-        "background": theme.background.as_hex(),
-        "foreground": theme.foreground.as_hex(),
-        "text": theme.text.as_hex(),
-    }
 
 
 class MeasurePlots(Container):
@@ -113,16 +99,8 @@ class MeasurePlots(Container):
     def _axes(self, name: str) -> Any:
         figure = self.figures[name]
         figure.clear()
-        colours = theme_colours(self.viewer)
-        figure.set_facecolor(colours["background"])
         ax = figure.add_subplot(111)
-        ax.set_facecolor(colours["foreground"])
-        for spine in ax.spines.values():
-            spine.set_color(colours["text"])
-        ax.tick_params(colors=colours["text"], which="both")
-        ax.xaxis.label.set_color(colours["text"])
-        ax.yaxis.label.set_color(colours["text"])
-        ax.title.set_color(colours["text"])
+        apply_theme(figure, theme_colours(self.viewer))
         return ax
 
     def _legend(self, ax: Any) -> None:
