@@ -2,6 +2,10 @@
 
 logits (N, C, *spatial) + targets (N, *spatial; 0 = not annotated, 1..C) -> scalar loss.
 Unannotated voxels contribute nothing to either loss or its gradient.
+
+Both losses are functions of sums over the batch (:func:`loss_terms`), so a batch split into shards
+that are computed in parallel gives exactly the loss of the whole batch: sum the shards' terms, then
+:func:`loss_from_terms`.
 """
 
 from __future__ import annotations
@@ -21,14 +25,8 @@ def _check(logits: torch.Tensor, target: torch.Tensor) -> None:
         )
 
 
-def soft_jaccard_loss(
-    logits: torch.Tensor, target: torch.Tensor, *, smooth: float = 1.0
-) -> torch.Tensor:
-    """Mean over phases of ``1 - (I + s) / (sum y^2 + sum p^2 - I + s)`` on annotated voxels.
-
-    ``y`` is the one-hot target, ``p`` the softmax, ``I = sum y p``. Averaging over phases makes a phase
-    at 0.5 % of voxels weigh as much as the matrix (Bertoldo et al. 2021, "jaccard2").
-    """
+def jaccard_terms(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-phase ``I = sum y p`` and ``sum y^2 + sum p^2`` over the annotated voxels of a batch."""
     _check(logits, target)
     n_phases = logits.shape[1]
     annotated = (target > 0).unsqueeze(1).to(logits.dtype)
@@ -37,18 +35,80 @@ def soft_jaccard_loss(
     dims = [0, *range(2, logits.ndim)]
     inter = (y * p).sum(dims)
     total = (y * y).sum(dims) + (p * p).sum(dims)
+    return inter, total
+
+
+def jaccard_from_terms(
+    inter: torch.Tensor, total: torch.Tensor, *, smooth: float = 1.0
+) -> torch.Tensor:
+    """The soft Jaccard loss of :func:`jaccard_terms` (summed over shards of a batch)."""
     return (1.0 - (inter + smooth) / (total - inter + smooth)).mean()
+
+
+def soft_jaccard_loss(
+    logits: torch.Tensor, target: torch.Tensor, *, smooth: float = 1.0
+) -> torch.Tensor:
+    """Mean over phases of ``1 - (I + s) / (sum y^2 + sum p^2 - I + s)`` on annotated voxels.
+
+    ``y`` is the one-hot target, ``p`` the softmax, ``I = sum y p``. Averaging over phases makes a phase
+    at 0.5 % of voxels weigh as much as the matrix (Bertoldo et al. 2021, "jaccard2").
+    """
+    return jaccard_from_terms(*jaccard_terms(logits, target), smooth=smooth)
+
+
+def cross_entropy_terms(
+    logits: torch.Tensor, target: torch.Tensor, *, weight: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted sum of the annotated voxels' negative log-likelihoods, and the sum of their weights."""
+    _check(logits, target)
+    t = target.long() - 1  # 0 (not annotated) -> -1, ignored
+    nll = F.cross_entropy(logits.float(), t, weight=weight, ignore_index=-1, reduction="sum")
+    annotated = t[t >= 0]
+    if weight is None:
+        den = torch.tensor(float(annotated.numel()), device=logits.device)
+    else:
+        den = weight.to(logits.device)[annotated].sum()
+    return nll, den
+
+
+def cross_entropy_from_terms(nll: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """The mean cross-entropy of :func:`cross_entropy_terms`: 0 when nothing is annotated."""
+    return nll / den.clamp(min=1e-12)  # nothing annotated: nll is 0, and so is the loss
 
 
 def masked_cross_entropy(
     logits: torch.Tensor, target: torch.Tensor, *, weight: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Cross-entropy over annotated voxels (``target > 0``), optionally weighted per phase."""
-    _check(logits, target)
-    t = target.long() - 1  # 0 (not annotated) -> -1, ignored
-    if not bool((t >= 0).any()):
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), t, weight=weight, ignore_index=-1)
+    return cross_entropy_from_terms(*cross_entropy_terms(logits, target, weight=weight))
+
+
+def loss_terms(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    weight: torch.Tensor | None = None,
+    cross_entropy: bool = True,
+) -> torch.Tensor:
+    """The sums a batch's loss is made of, as one vector: ``[I (C), total (C), nll, weights]``.
+
+    Sum the vectors of a batch's shards and give the sum to :func:`loss_from_terms`.
+    """
+    inter, total = jaccard_terms(logits, target)
+    if cross_entropy:
+        nll, den = cross_entropy_terms(logits, target, weight=weight)
+    else:
+        nll = den = torch.zeros((), device=logits.device)
+    return torch.cat([inter, total, nll.reshape(1), den.reshape(1).to(inter.dtype)])
+
+
+def loss_from_terms(terms: torch.Tensor, *, cross_entropy: bool = True) -> torch.Tensor:
+    """Soft Jaccard (+ weighted cross-entropy) of the whole batch from its summed :func:`loss_terms`."""
+    c = (terms.shape[0] - 2) // 2
+    loss = jaccard_from_terms(terms[:c], terms[c : 2 * c])
+    if cross_entropy:
+        loss = loss + cross_entropy_from_terms(terms[2 * c], terms[2 * c + 1])
+    return loss
 
 
 def phase_weights(counts: torch.Tensor | list[int], power: float = 0.5) -> torch.Tensor:

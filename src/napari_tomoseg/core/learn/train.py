@@ -8,6 +8,7 @@ Unannotated voxels (label 0) never contribute to the loss.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -22,7 +23,7 @@ from torch import nn
 
 from napari_tomoseg.core.checks import check_finite
 from napari_tomoseg.core.learn.augment import random_dihedral, random_intensity
-from napari_tomoseg.core.learn.losses import masked_cross_entropy, phase_weights, soft_jaccard_loss
+from napari_tomoseg.core.learn.losses import phase_weights
 from napari_tomoseg.core.progress import CancelToken, run_to_completion
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,12 @@ class TrainConfig:
     seed: int = 0
     optimizer: Literal["adamw", "adabelief"] = "adamw"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    #: Shards of each batch computed in parallel (one per CPU thread); None: one per thread torch uses.
+    workers: int | None = None
 
     def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"TrainConfig.workers must be >= 1 or None, got {self.workers}")
         if self.optimizer not in ("adamw", "adabelief"):
             raise ValueError(
                 f"TrainConfig.optimizer must be 'adamw' or 'adabelief', got {self.optimizer!r}"
@@ -244,6 +249,13 @@ class TrainResult:
     voxels_seen: int
     history: list[TrainProgress] = field(default_factory=list)
     stopped: Literal["steps", "budget", "patience", "cancelled"] = "steps"
+    #: Per-phase scores of the network as given, before the first step (``validate_start``).
+    start_validation: tuple[float, ...] | None = None
+
+    @property
+    def kept_start(self) -> bool:
+        """True when no step beat the network as given: its weights were returned unchanged."""
+        return self.start_validation is not None and self.best_step == 0
 
 
 def _nanmean(v: Sequence[float]) -> float:
@@ -258,14 +270,24 @@ def iter_train(
     config: TrainConfig,
     *,
     validate: Callable[[nn.Module], Sequence[float]] | None = None,
+    validate_start: bool = False,
     cancel: CancelToken | None = None,
     device: torch.device | str = "cpu",
+    started: float | None = None,
 ) -> Generator[TrainProgress, None, TrainResult]:
     """Train ``network`` in place, yielding progress; return the best weights seen.
 
     ``validate(network) -> per-phase Jaccard`` is called every ``config.validate_every`` steps and
-    at the end; the weights with the best mean are kept. Without ``validate`` the last weights are kept.
+    at the end; the weights with the best mean are kept. With ``validate_start`` the network is also
+    scored before the first step, and kept if no step beats it (``best_step == 0``): training never
+    returns something worse, on the held-out voxels, than what it was given. Without ``validate`` the
+    last weights are kept.
+
+    ``config.budget`` counts from ``started`` (a ``time.perf_counter()`` value; default: now), so a
+    caller's preparation is part of the budget; a step (and the closing validation) is only started
+    if it is expected to end within the budget, but there is always at least one step.
     """
+    from napari_tomoseg.core.learn.parallel import StepRunner, default_workers
     from napari_tomoseg.core.segment import resolve_precision
 
     torch.manual_seed(config.seed)
@@ -275,17 +297,19 @@ def iter_train(
     # Mixed precision where the hardware has it (GPUs, CPUs with native bf16): emulated bf16 on an
     # AVX2 CPU is ~10x slower than fp32. fp16 needs loss scaling; bf16 does not.
     dtype = resolve_precision(config.precision, device)
-    use_amp = dtype != torch.float32
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     counts = torch.as_tensor(sampler.counts)
     # Frequency ** -power weights lift rare phases in sparse annotations; they also push ambiguous
     # boundary voxels towards the rarer phase, so fully labelled data may prefer power 0.
     ce_weight = phase_weights(counts, config.class_weight_power).to(device)
-    t0 = time.perf_counter()
+    workers = config.workers or default_workers(device, config.batch_size)
+    t0 = time.perf_counter() if started is None else started
     best_state = copy.deepcopy(network.state_dict())
     best_mean, best_val, best_step, since_best = -math.inf, None, 0, 0
+    start_val: tuple[float, ...] | None = None
     history: list[TrainProgress] = []
     step, voxels = 0, 0
+    step_seconds, validation_seconds = 0.0, 0.0  # the latest step's and validation's durations
     stopped: Literal["steps", "budget", "patience", "cancelled"] = "steps"
 
     def progress_fraction() -> float:
@@ -296,13 +320,32 @@ def iter_train(
             fr.append((time.perf_counter() - t0) / config.budget)
         return min(1.0, max(fr))
 
+    def out_of_time() -> bool:
+        """Would the next step (and the validation closing the run) end past the budget?"""
+        if not config.budget or step == 0:
+            return False
+        closing = validation_seconds if validate is not None else 0.0
+        return time.perf_counter() - t0 + step_seconds + closing > config.budget
+
+    runner = StepRunner(
+        network,
+        device=device,
+        dtype=dtype,
+        workers=workers,
+        cross_entropy=config.loss == "jaccard+ce",
+        weight=ce_weight,
+    )
+
     def do_validate() -> tuple[float, ...] | None:
-        nonlocal best_mean, best_val, best_step, best_state, since_best
+        nonlocal best_mean, best_val, best_step, best_state, since_best, validation_seconds
         if validate is None:
             return None
+        tv = time.perf_counter()
         network.eval()
-        scores = tuple(float(s) for s in validate(network))
+        with runner.all_threads():
+            scores = tuple(float(s) for s in validate(network))
         network.train()
+        validation_seconds = time.perf_counter() - tv
         m = _nanmean(scores)
         if m > best_mean:
             best_mean, best_val, best_step, since_best = m, scores, step, 0
@@ -311,59 +354,86 @@ def iter_train(
             since_best += 1
         return scores
 
-    while True:
-        frac = progress_fraction()
-        if frac >= 1.0:
-            stopped = "steps" if config.steps and step >= config.steps else "budget"
-            break
-        if cancel is not None and cancel.cancelled:
-            stopped = "cancelled"
-            break
-        # Linear warm-up, then cosine decay over the (step or time) budget.
-        warm = min(1.0, (step + 1) / max(1, config.warmup))
-        lr = config.learning_rate * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        for g in optimiser.param_groups:
-            g["lr"] = lr
-        x, y = sampler.sample(config.batch_size)
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
-            logits = network(x)
-        logits = logits.float()
-        loss = soft_jaccard_loss(logits, y)
-        if config.loss == "jaccard+ce":
-            loss = loss + masked_cross_entropy(logits, y, weight=ce_weight)
-        optimiser.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimiser)
-        scaler.update()
-        step += 1
-        voxels += int(y.numel())
-        val = do_validate() if validate is not None and step % config.validate_every == 0 else None
-        elapsed = time.perf_counter() - t0
-        frac = progress_fraction()
-        event = TrainProgress(
-            step,
-            float(loss.detach()),
-            lr,
-            elapsed,
-            elapsed * (1 - frac) / frac if frac > 0 else math.nan,
-            val,
-            None if best_mean == -math.inf else best_mean,
-        )
-        history.append(event)
-        yield event
-        if config.patience is not None and val is not None and since_best >= config.patience:
-            stopped = "patience"
-            break
-    if validate is not None and (not history or history[-1].validation is None):
-        do_validate()
+    try:
+        if validate is not None and validate_start:
+            start_val = do_validate()
+            since_best = 0
+        while True:
+            frac = progress_fraction()
+            if frac >= 1.0 or out_of_time():
+                stopped = "steps" if config.steps and step >= config.steps else "budget"
+                break
+            if cancel is not None and cancel.cancelled:
+                stopped = "cancelled"
+                break
+            ts = time.perf_counter()
+            # Linear warm-up, then cosine decay over the (step or time) budget.
+            warm = min(1.0, (step + 1) / max(1, config.warmup))
+            lr = config.learning_rate * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+            for g in optimiser.param_groups:
+                g["lr"] = lr
+            x, y = sampler.sample(config.batch_size)
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            optimiser.zero_grad(set_to_none=True)
+            loss = runner.forward_backward(
+                x, y, scale=float(scaler.get_scale()) if scaler.is_enabled() else 1.0
+            )
+            scaler.step(optimiser)
+            scaler.update()
+            runner.sync()
+            step += 1
+            voxels += int(y.numel())
+            step_seconds = time.perf_counter() - ts
+            val = (
+                do_validate()
+                if validate is not None and step % config.validate_every == 0
+                else None
+            )
+            elapsed = time.perf_counter() - t0
+            frac = progress_fraction()
+            event = TrainProgress(
+                step,
+                loss,
+                lr,
+                elapsed,
+                elapsed * (1 - frac) / frac if frac > 0 else math.nan,
+                val,
+                None if best_mean == -math.inf else best_mean,
+            )
+            history.append(event)
+            yield event
+            if config.patience is not None and val is not None and since_best >= config.patience:
+                stopped = "patience"
+                break
+        if validate is not None and (not history or history[-1].validation is None):
+            val = do_validate()
+            if history and val is not None:
+                # The closing validation belongs to the last step: the curve shows every validation.
+                history[-1] = dataclasses.replace(
+                    history[-1],
+                    validation=val,
+                    best_mean=best_mean,
+                    elapsed=time.perf_counter() - t0,
+                    eta=0.0,
+                )
+                yield history[-1]
+    finally:
+        runner.close()
     if validate is None:
         best_state, best_step = copy.deepcopy(network.state_dict()), step
     network.load_state_dict(best_state)
     network.eval()
     return TrainResult(
-        best_state, best_val, best_step, step, time.perf_counter() - t0, voxels, history, stopped
+        best_state,
+        best_val,
+        best_step,
+        step,
+        time.perf_counter() - t0,
+        voxels,
+        history,
+        stopped,
+        start_validation=start_val,
     )
 
 

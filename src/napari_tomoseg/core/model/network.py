@@ -227,3 +227,72 @@ def inflate_to_slices(
         conv.in_channels = k
     new.cfg = replace(network.cfg, in_channels=k)
     return new
+
+
+def fold_batch_norm(network: ModularUNet) -> ModularUNet:
+    """A copy of ``network`` with every batch norm folded into the convolution before it.
+
+    The copy computes what ``network.eval()`` computes, with one operation less per convolution, and
+    trains with the norms frozen: what fine-tuning from a few crops of a few slices wants (batch
+    statistics of 8 crops are noisy, and train-mode statistics would differ from the inference ones).
+    The norms are replaced by identities; :func:`unfold_batch_norm` puts them back.
+    """
+    new = copy.deepcopy(network)
+    folded: list[tuple[str, int, int, float, float | None]] = []
+    with torch.no_grad():
+        for name, seq in new.named_modules():
+            if not isinstance(seq, nn.Sequential):
+                continue
+            for i in range(1, len(seq)):
+                norm, conv = seq[i], seq[i - 1]
+                if not isinstance(norm, nn.BatchNorm2d | nn.BatchNorm3d):
+                    continue
+                if not isinstance(
+                    conv, nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d | nn.ConvTranspose3d
+                ):
+                    raise ValueError(f"batch norm {name}.{i} does not follow a convolution")
+                var = (
+                    norm.running_var
+                    if norm.running_var is not None
+                    else torch.ones(norm.num_features)
+                )
+                mean = norm.running_mean if norm.running_mean is not None else torch.zeros_like(var)
+                scale = torch.rsqrt(var + norm.eps)
+                if norm.affine:
+                    scale = scale * norm.weight
+                shape = [1] * conv.weight.ndim
+                out_axis = 1 if isinstance(conv, nn.ConvTranspose2d | nn.ConvTranspose3d) else 0
+                shape[out_axis] = -1
+                conv.weight.mul_(scale.view(shape))
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
+                new_bias = (bias - mean) * scale + (norm.bias if norm.affine else 0.0)
+                conv.bias = nn.Parameter(new_bias.detach().clone())
+                seq[i] = nn.Identity()
+                folded.append((name, i, norm.num_features, norm.eps, norm.momentum))
+    new._folded_norms = folded  # type: ignore[assignment]
+    return new
+
+
+def unfold_batch_norm(network: ModularUNet) -> ModularUNet:
+    """``network`` (folded by :func:`fold_batch_norm`) with its norms back, as identities in eval mode.
+
+    Each restored norm has mean 0, variance ``1 - eps``, weight 1 and bias 0, so the network computes
+    what the folded one did and keeps the architecture (and model-file keys) it had. In place; returned.
+    """
+    folded = getattr(network, "_folded_norms", None)
+    if not folded:
+        return network
+    modules = dict(network.named_modules())
+    ndim = network.cfg.ndim
+    for name, i, features, eps, momentum in folded:
+        seq = modules[name]
+        assert isinstance(seq, nn.Sequential)
+        ref = seq[i - 1].weight
+        norm = (nn.BatchNorm2d if ndim == 2 else nn.BatchNorm3d)(
+            features, eps=eps, momentum=momentum
+        ).to(device=ref.device)
+        with torch.no_grad():
+            norm.running_var.fill_(1.0 - eps)  # type: ignore[union-attr]
+        seq[i] = norm.eval()
+    del network._folded_norms
+    return network
