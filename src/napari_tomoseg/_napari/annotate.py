@@ -210,7 +210,7 @@ class AnnotateWidget(Container):
             ],
             labels=False,
         )
-        tabify_docks(napari_viewer)
+        tabify_docks(self)
 
         self._autosave_timer = QTimer(self.native)
         self._autosave_timer.setSingleShot(True)

@@ -195,7 +195,7 @@ class CleanupWidget(Container):
             ],
             labels=False,
         )
-        tabify_docks(napari_viewer)
+        tabify_docks(self)
 
         self._watched: Any = None  # the layer whose phase table the phase lists follow
         self.labels_layer.changed.connect(self._layer_changed)

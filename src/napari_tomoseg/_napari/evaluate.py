@@ -257,7 +257,7 @@ class EvaluateWidget(Container):
             ],
             labels=False,
         )
-        tabify_docks(napari_viewer)
+        tabify_docks(self)
 
         self.reference.changed.connect(self._update_held_out)
         self.state.finetuned.connect(self._update_held_out)

@@ -99,7 +99,7 @@ class ExportWidget(Container):
         super().__init__(
             widgets=[form, self.report_check, self.export_button, self.status], labels=False
         )
-        tabify_docks(napari_viewer)
+        tabify_docks(self)
 
         self.labels_layer.changed.connect(self.probabilities.refresh)
         self.labels_layer.changed.connect(self._show_voxel_size)
