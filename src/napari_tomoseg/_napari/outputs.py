@@ -112,7 +112,8 @@ def apply_voxel_size(
     scale = tuple(float(v) for v in image.scale[-3:])
     changed = []
     for layer in list(viewer.layers):
-        if layer.ndim < 3 or tuple(layer.data.shape[-3:]) != shape:
+        data_shape = getattr(layer.data, "shape", None)  # shapes layers hold a list
+        if layer.ndim < 3 or data_shape is None or tuple(data_shape[-3:]) != shape:
             continue
         if not np.allclose(tuple(layer.scale[-3:]), scale):
             continue
