@@ -9,8 +9,8 @@ from napari_tomoseg.core.threads import set_openmp_waiting
 __version__ = "0.1.0"
 
 # Before anything imports torch: threads that wait for a late one soon sleep instead of spinning,
-# so another busy program slows a segmentation down by what it takes, not tenfold. A policy the
-# user set (OMP_WAIT_POLICY, GOMP_SPINCOUNT, KMP_BLOCKTIME) is kept. See core/threads.py.
+# so that a program busy on another core delays a segmentation far less. A policy the user set
+# (OMP_WAIT_POLICY, GOMP_SPINCOUNT, KMP_BLOCKTIME) is kept. See core/threads.py.
 set_openmp_waiting()
 
 __all__ = ["__version__"]

@@ -7,10 +7,9 @@ front end (``--threads``, the widgets' "CPU threads") -> :func:`configure_thread
 Why the waiting matters: torch's CPU kernels split each operation evenly over its threads and wait
 for the last one. When another program is busy on one core, the torch thread sharing that core runs
 only part of the time while the others, by default, spin on their cores waiting for it, so a
-segmentation took ten times as long. Torch's CPU builds use GNU OpenMP (libgomp); with a short spin
-(:data:`OPENMP_WAITING`) a waiting thread soon sleeps, the scheduler moves the late thread onto the
-freed core, and a busy neighbour costs about as much as the CPU time it takes. ``benchmarks/
-inference.py --busy-neighbour`` measures it.
+segmentation could take ten times as long. Torch's CPU builds use GNU OpenMP (libgomp); with a short
+spin (:data:`OPENMP_WAITING`) a waiting thread soon sleeps and frees its core, where the scheduler
+can run the late thread. ``benchmarks/inference.py --busy-neighbour`` measures it.
 
 Imports no torch at module level: :func:`set_openmp_waiting` must run before torch is imported.
 """
