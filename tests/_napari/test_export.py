@@ -216,3 +216,16 @@ def test_bad_input_notifies_and_writes_nothing(
     assert not w.export()
     assert "folder" in errors_seen[-1]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_prefers_the_newest_segmentation_whatever_its_name(sample_viewer, small_phantom, qtbot):
+    _, truth = small_phantom
+    w = _widget(sample_viewer, qtbot)
+    sample_viewer.add_labels(np.zeros_like(truth), name="annotations")
+    older = sample_viewer.add_labels(truth.copy(), name="scan run 1")
+    older.metadata["tomoseg_model"] = "bundled"  # what the Segment widget records
+    newer = sample_viewer.add_labels(truth.copy(), name="scan run 2")
+    newer.metadata["tomoseg_model"] = "fine-tuned.safetensors"
+    sample_viewer.add_labels(np.zeros_like(truth), name="other labels")
+    w.labels_layer.refresh()
+    assert w.labels_layer.layer is newer  # not the annotations, the ground truth or other labels
