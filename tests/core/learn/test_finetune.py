@@ -12,6 +12,7 @@ from napari_tomoseg.core.learn.finetune import (
     FinetuneConfig,
     band_mask,
     finetune,
+    held_out_mask,
     iter_finetune,
     plan_finetune,
 )
@@ -290,3 +291,87 @@ def test_a_2d_base_model_can_be_fine_tuned_as_2p5d(phantom, base) -> None:
         FinetuneConfig(context_slices=4)
     labels = segment_volume(phantom.volume, model).labels
     assert labels.shape == phantom.labels.shape and set(np.unique(labels)) <= {1, 2, 3}
+
+
+# --- never worse than the start; continuing a fine-tuned model; held-out voxels ------------------
+
+
+def test_steps_that_only_hurt_return_the_starting_model_unchanged(phantom, base) -> None:
+    ann = annotate(phantom.labels, [3, 12])
+    # A learning rate far too high: every step wrecks the network.
+    config = replace(FAST, steps=4, learning_rate=50.0, validate_every=1)
+    result = finetune(phantom.volume, ann, base=base, config=config)
+    assert result.kept == "start" and result.model.provenance["kept"] == "start"
+    assert result.model.provenance["best_step"] == 0
+    assert result.start_validation is not None
+    assert result.validation == pytest.approx(result.start_validation)
+    assert any("no step beat the starting model" in n for n in result.notes)
+    # The returned model predicts what the base predicts (up to float rounding of the folded norms).
+    infer = InferenceConfig(axis="z", mode="2d")
+    wide = segment_volume(phantom.volume, result.model, InferenceConfig(axis="z")).labels
+    same = segment_volume(phantom.volume, base, infer).labels
+    assert (wide == same).mean() > 0.999
+
+
+def test_start_and_fine_tuned_scores_are_recorded_side_by_side(phantom, base) -> None:
+    ann = annotate(phantom.labels, [3, 12])
+    result = finetune(phantom.volume, ann, base=base, config=replace(FAST, steps=6))
+    prov = result.model.provenance
+    assert set(prov["start_validation_jaccard"]) == {"matrix", "fibre", "pore"}
+    assert prov["kept"] in ("start", "fine-tuned")
+    mean = lambda d: np.nanmean(list(d.values()))  # noqa: E731
+    assert mean(prov["validation_jaccard"]) >= mean(prov["start_validation_jaccard"])
+
+
+def test_a_new_output_layer_is_not_scored_before_training(phantom, base) -> None:
+    ann = annotate(phantom.labels, [4, 10])
+    ann[ann == 3] = 1
+    result = finetune(phantom.volume, ann, base=base, config=FAST)
+    assert result.start_validation is None and result.kept == "fine-tuned"
+
+
+def test_continuing_a_fine_tuned_model_keeps_phases_head_and_mode(phantom, base) -> None:
+    first = finetune(phantom.volume, annotate(phantom.labels, [8]), base=base, config=FAST).model
+    assert first.defaults.mode == "2.5d"
+    more = annotate(phantom.labels, [3, 8])  # the annotations accumulate
+    plan = plan_finetune(more.shape, more, base=first)
+    assert not plan.replace_head and plan.phases == first.phases
+    second = finetune(phantom.volume, more, base=first, config=FAST)
+    model = second.model
+    assert model.config == first.config and model.defaults.mode == "2.5d"
+    assert model.phases == first.phases
+    assert second.start_validation is not None  # the continued model competes with its steps
+    assert model.provenance["base_provenance"]["steps"] == first.provenance["steps"]
+
+
+def test_held_out_band_voxels_are_recorded_exactly(phantom, base) -> None:
+    ann = annotate(phantom.labels, [3, 9, 12])
+    ann[9, :, :20] = 0  # a partly annotated slice: its band sits elsewhere
+    result = finetune(phantom.volume, ann, base=base, config=FAST)
+    record = result.model.provenance["held_out"]
+    assert record["kind"] == "band" and record["axis"] == "z" and record["slices"] == [3, 9, 12]
+    mask = held_out_mask(record, ann.shape)
+    for i in (3, 9, 12):
+        np.testing.assert_array_equal(mask[i], band_mask(ann[i]))
+    assert not mask[[0, 1, 2, 4, 5]].any()
+    with pytest.raises(ValueError, match="not the volume the model was fine-tuned on"):
+        held_out_mask(record, (8, 64, 64))
+
+
+def test_held_out_slices_are_recorded(phantom, base) -> None:
+    ann = annotate(phantom.labels, [1, 3, 5, 7, 9, 11])
+    result = finetune(phantom.volume, ann, base=base, config=FAST)
+    record = result.held_out
+    assert record == result.model.provenance["held_out"]
+    assert record["kind"] == "slices" and record["slices"] == list(result.plan.validation_slices)
+    mask = held_out_mask(record, ann.shape)
+    assert mask[record["slices"]].all() and mask.sum() == len(record["slices"]) * 64 * 64
+
+
+def test_a_budget_shorter_than_one_step_makes_one_step_with_a_note(phantom, base) -> None:
+    ann = annotate(phantom.labels, [3, 12])
+    result = finetune(
+        phantom.volume, ann, base=base, config=replace(FAST, steps=None, budget=1e-3)
+    )
+    assert result.steps == 1 and result.stopped == "budget"
+    assert any("shorter than one training step" in n for n in result.notes)

@@ -360,7 +360,7 @@ def iter_train(
             since_best = 0
         while True:
             frac = progress_fraction()
-            if frac >= 1.0 or out_of_time():
+            if (frac >= 1.0 and step > 0) or out_of_time():
                 stopped = "steps" if config.steps and step >= config.steps else "budget"
                 break
             if cancel is not None and cancel.cancelled:
@@ -369,6 +369,7 @@ def iter_train(
             ts = time.perf_counter()
             # Linear warm-up, then cosine decay over the (step or time) budget.
             warm = min(1.0, (step + 1) / max(1, config.warmup))
+            frac = min(frac, 1.0)
             lr = config.learning_rate * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
             for g in optimiser.param_groups:
                 g["lr"] = lr
