@@ -165,3 +165,13 @@ def test_never_picks_the_ground_truth_and_follows_new_layers(make_napari_viewer,
     assert w.phase.value == "void" and w.to.choices == ("(surrounding phase)", "solid", "void")
     w.labels_layer.select(gt)
     assert w.labels_layer.layer is gt
+
+
+def test_says_what_it_does_and_hides_the_slicing_axis(viewer_with_prediction, qtbot):
+    w = CleanupWidget(viewer_with_prediction)
+    qtbot.addWidget(w.native)
+    w.native.show()
+    assert "Remove blobs of a phase by area and aspect ratio" in w.title.value
+    assert "surrounds" in w.help.value and "elongated" in w.help.value
+    assert w.advanced.expanded is False and not w.axis.native.isVisible()
+    assert w.min_area.native.isVisible() and w.min_aspect.native.isVisible()
