@@ -202,3 +202,40 @@ def test_table_and_json_with_voxel_size(two_phase):
     assert j["jaccard"]["pore"] is None and j["grey_level_baseline"] is None
     assert j["confusion_matrix"]["columns"] == ["none", "matrix", "fibre", "pore"]
     assert j["confusion_matrix"]["counts"]["fibre"] == [0, 4, 12, 0]
+
+
+def test_held_out_mask_trained_on_voxels_and_the_baseline_fitted_outside():
+    # Columns 0-1 of slice 0 were trained on; columns 2-3 held out (a band). The grey levels swap
+    # meaning in the band, so a baseline fitted outside it gets every held-out voxel wrong.
+    image = np.zeros((1, 2, 4), np.uint8)
+    image[:, 0], image[:, 1] = 10, 20
+    ref = np.zeros((1, 2, 4), np.uint8)
+    ref[0, 0, :2], ref[0, 1, :2] = 1, 2
+    ref[0, 0, 2:], ref[0, 1, 2:] = 2, 1
+    band = np.zeros(ref.shape, bool)
+    band[..., 2:] = True
+    r = evaluate(
+        ref,
+        ref,
+        phases=TWO,
+        image=image,
+        mask=band,
+        held_out=True,
+        region_name="held-out band",
+        trained_on=~band,
+    )
+    assert r.n_evaluated == 4 and r.region == "held-out band"
+    assert r.trained_on_voxels == 0 and r.to_json()["trained_on_voxels"] == 0
+    np.testing.assert_allclose(r.baseline_jaccard, [0.0, 0.0])
+    assert "outside the held-out" in r.baseline_note
+    # every annotated voxel: the trained-on ones are counted, and the report warns
+    r = evaluate(ref, ref, phases=TWO, trained_on=~band)
+    assert r.trained_on_voxels == 4 and r.n_evaluated == 8
+    from napari_tomoseg.core.measure.report import evaluation_text
+
+    assert "includes 4 voxels the model was trained on: scores are optimistic" in (
+        evaluation_text(r)
+    )
+    # without a trained-on mask nothing is known, and nothing is claimed
+    r = evaluate(ref, ref, phases=TWO)
+    assert r.trained_on_voxels is None and "trained on" not in evaluation_text(r)

@@ -79,6 +79,9 @@ class Evaluation:
         Gives physical volumes in :meth:`table`.
     prediction_name, reference_name : str
         What the two volumes are called in tables and reports (layer or file names).
+    trained_on_voxels : int or None
+        Scored voxels the model was trained on (given ``trained_on``): above 0, the scores are
+        optimistic. None when not known.
     """
 
     phases: PhaseTable
@@ -97,6 +100,7 @@ class Evaluation:
     voxel_size: tuple[float, float, float] | None = None
     prediction_name: str = "prediction"
     reference_name: str = "reference"
+    trained_on_voxels: int | None = None
 
     def table(self) -> tuple[list[str], list[list[Any]]]:
         """The per-phase table as ``(header, rows)``: Jaccard (and grey-level baseline), fractions,
@@ -132,6 +136,7 @@ class Evaluation:
             "reference": self.reference_name,
             "region": self.region,
             "evaluated_voxels": self.n_evaluated,
+            "trained_on_voxels": self.trained_on_voxels,
             "jaccard": {n: json_number(self.jaccard[i]) for i, n in enumerate(names)},
             "mean_jaccard": json_number(self.mean_jaccard),
             "grey_level_baseline": None
@@ -160,6 +165,9 @@ def iter_evaluate(
     image: Any = None,
     mask: Any = None,
     region: tuple[int, Sequence[int]] | None = None,
+    held_out: bool = False,
+    region_name: str | None = None,
+    trained_on: Any = None,
     exclude_outside: bool = True,
     errors_out: Any = None,
     voxel_size: tuple[float, float, float] | None = None,
@@ -179,12 +187,21 @@ def iter_evaluate(
     image : array, shape (z, y, x), optional
         The grey volume: adds the grey-level baseline (:class:`~napari_tomoseg.core.measure.baseline.
         GreyLevelClassifier`). With ``region`` it is fitted on the reference outside the region
-        (the training annotations) and scored inside; otherwise fitted on the whole reference, the
-        best any global threshold can do. Fitting reads the image whole (``numpy.asarray``).
+        (the training annotations) and scored inside, and likewise outside ``mask`` with
+        ``held_out``; otherwise fitted on the whole reference, the best any global threshold can
+        do. Fitting reads the image whole (``numpy.asarray``).
     mask : array of bool, shape (z, y, x), optional
         Score only voxels where it is true.
     region : (axis, slice indices), optional
         Score only these slices (e.g. the validation slices held out of fine-tuning).
+    held_out : bool
+        ``mask`` (and ``region``) select voxels held out of training: the baseline is fitted on the
+        reference outside them, as the model was.
+    region_name : str, optional
+        The scored voxels in words, for the result's ``region`` (default: said from ``region``).
+    trained_on : array of bool, shape (z, y, x), optional
+        The voxels the model was trained on: the result counts the scored ones among them
+        (``trained_on_voxels``), so that reports can say when scores are optimistic.
     exclude_outside : bool
         Leave out voxels the prediction marks 0 (outside its mask). When False they count as
         missed voxels of their reference phase.
@@ -219,6 +236,7 @@ def iter_evaluate(
         ("reference", reference_name, reference),
         ("image", "image", image),
         ("mask", "mask", mask),
+        ("trained_on", "trained-on mask", trained_on),
         ("errors_out", "errors output", errors_out),
     ):
         if arr is not None and tuple(np.shape(arr)) != shape:
@@ -243,12 +261,16 @@ def iter_evaluate(
     # One pass: confusion matrix, phase counts per slice, misclassified voxels.
     confusion = ConfusionAccumulator(n)
     per_slice = np.zeros((shape[0], n + 1), dtype=np.int64)
+    n_trained = 0
     yield step(COMPARING)
     for a, b in slabs:
         pred = np.asarray(prediction[a:b])
         ref = np.asarray(reference[a:b])
         keep = selection.keep(a, b, pred)
         confusion.update(pred, ref, mask=keep)
+        if trained_on is not None:
+            seen = (ref > 0) & np.asarray(trained_on[a:b]).astype(bool)
+            n_trained += int(np.count_nonzero(seen if keep is None else seen & keep))
         rows = np.arange(b - a, dtype=np.int64)[:, None, None]
         per_slice[a:b] = np.bincount(
             (rows * (n + 1) + pred.astype(np.int64)).ravel(), minlength=(b - a) * (n + 1)
@@ -264,7 +286,7 @@ def iter_evaluate(
     if cm.sum() == 0:
         raise ValueError(
             f"the {reference_name} has no labelled voxel to compare with"
-            + (" in the held-out slices" if region is not None else "")
+            + (" in the held-out voxels" if region is not None or held_out else "")
             + "; annotate some voxels or choose another reference"
         )
     scores = jaccard_from_confusion(cm)
@@ -276,10 +298,11 @@ def iter_evaluate(
 
         yield step(BASELINE)
         ref_all = np.asarray(reference)
-        fit = ref_all if region is None else np.where(selection.in_region(), 0, ref_all)
+        outside = region is not None or (held_out and mask is not None)
+        fit = ref_all if not outside else np.where(selection.selected(), 0, ref_all)
         done += n_vox
         if not fit.any():
-            note = "not computed: no annotated voxel outside the held-out slices to fit it on"
+            note = "not computed: no annotated voxel outside the held-out voxels to fit it on"
             done += n_vox
         else:
             classifier = GreyLevelClassifier(n).fit(image, fit)
@@ -296,8 +319,8 @@ def iter_evaluate(
             baseline_mean = mean_jaccard(baseline)
             note = (
                 "fitted on the reference itself: the best any grey-level threshold can do"
-                if region is None
-                else "fitted on the annotations outside the held-out slices"
+                if not outside
+                else "fitted on the annotations outside the held-out voxels"
             )
 
     counts = per_slice[:, 1:].sum(axis=0)
@@ -319,11 +342,12 @@ def iter_evaluate(
         reference_fractions=_fractions(reference_counts),
         prediction_voxels=counts.astype(np.int64),
         profile=profile,
-        region=selection.describe(),
+        region=region_name or selection.describe(),
         n_evaluated=int(cm.sum()),
         voxel_size=None if voxel_size is None else _voxel_size(voxel_size),
         prediction_name=prediction_name,
         reference_name=reference_name,
+        trained_on_voxels=None if trained_on is None else n_trained,
     )
 
 
@@ -381,6 +405,13 @@ class _Selection:
             index: list[Any] = [slice(None)] * 3
             index[self.axis] = self.indices
             out[tuple(index)] = True
+        return out
+
+    def selected(self) -> npt.NDArray[np.bool_]:
+        """The region's voxels that the mask keeps, over the whole volume (the held-out voxels)."""
+        out = self.in_region()
+        if self.mask is not None:
+            out &= np.asarray(self.mask).astype(bool)
         return out
 
     def keep(self, a: int, b: int, prediction: npt.NDArray[Any]) -> npt.NDArray[np.bool_] | None:

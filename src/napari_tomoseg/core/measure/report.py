@@ -20,7 +20,14 @@ from napari_tomoseg.core.measure.evaluate import Evaluation
 from napari_tomoseg.core.measure.inputs import json_number
 from napari_tomoseg.core.phases import PhaseTable
 
-__all__ = ["build_report", "evaluation_text", "format_cell", "report_csv", "table_to_csv"]
+__all__ = [
+    "build_report",
+    "evaluation_text",
+    "format_cell",
+    "report_csv",
+    "table_to_csv",
+    "trained_on_warning",
+]
 
 
 def build_report(
@@ -123,6 +130,13 @@ def format_cell(value: Any, column: str) -> str:
     return f"{value:.4f}"
 
 
+def trained_on_warning(trained_on_voxels: int | None) -> str | None:
+    """What to tell the user when scored voxels were trained on (None when none were, or unknown)."""
+    if not trained_on_voxels:
+        return None
+    return f"includes {trained_on_voxels:,} voxels the model was trained on: scores are optimistic"
+
+
 def evaluation_text(evaluation: Evaluation) -> str:
     """An evaluation for a terminal: a summary line, the per-phase table, the confusion matrix."""
     header, rows = evaluation.table()
@@ -131,6 +145,9 @@ def evaluation_text(evaluation: Evaluation) -> str:
         f"{evaluation.prediction_name} against {evaluation.reference_name} on "
         f"{evaluation.n_evaluated:,} voxels ({evaluation.region})",
     ]
+    warning = trained_on_warning(evaluation.trained_on_voxels)
+    if warning is not None:
+        lines.append(f"warning: {warning}")
     if evaluation.baseline_note:
         lines.append(f"grey-level baseline: {evaluation.baseline_note}")
     lines += ["", *_align(cells)]
