@@ -18,6 +18,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, Pus
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication
 
+from napari_tomoseg._napari.docking import tabify_docks
 from napari_tomoseg._napari.jobs import JobControls, JobRunner
 from napari_tomoseg._napari.layers import LayerPicker, layer_phases, upsert_labels
 from napari_tomoseg._napari.measure_plots import MeasurePlots
@@ -160,6 +161,7 @@ class MeasureWidget(Container):
             labels=False,
         )
 
+        tabify_docks(self)
         self._watched: Any = None  # the layer whose phase table and scale the form follows
         self.labels_layer.changed.connect(self._layer_changed)
         self.controls.run_button.changed.connect(self._run_clicked)
