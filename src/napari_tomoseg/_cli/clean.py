@@ -139,9 +139,9 @@ def run(args: argparse.Namespace) -> int:
     name = table.phases[phase - 1].name if table is not None else f"phase {phase}"
     changed = int(np.count_nonzero(cleaned != labels))
     print(
-        f"{len(blobs)} blobs of {name} in {blobs.shape[blobs.axis]} slices; "
-        f"{int(selected.sum())} selected ({int(blobs.area[selected].sum())} voxels), "
-        f"{changed} voxels reassigned -> {out_path}"
+        f"{_n(len(blobs), 'blob')} of {name} in {_n(blobs.shape[blobs.axis], 'slice')}; "
+        f"{int(selected.sum())} selected ({_n(int(blobs.area[selected].sum()), 'voxel')}), "
+        f"{_n(changed, 'voxel')} reassigned -> {out_path}"
     )
     return 0
 
@@ -161,3 +161,8 @@ def _write_csv(path: Path, rows: list[dict[str, float | int]], selected: Any) ->
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _n(count: int, noun: str) -> str:
+    """``count`` and ``noun``, plural unless the count is 1."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

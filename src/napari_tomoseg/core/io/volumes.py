@@ -155,7 +155,7 @@ def _check_finite(arr: Any, slabs: Iterator[np.ndarray], *, name: str, sampled: 
         if bad:
             counts = (
                 f"{n_nan} NaN and {n_inf} infinite values found in {len(bad)} of the {len(zs)} "
-                f"z-slices checked of {n}"
+                f"z-slices checked (of {n})"
             )
             raise NonFiniteError(name, bad[0], counts=counts)
         return
