@@ -15,7 +15,12 @@ from napari_tomoseg._napari.jobs import JobState
 from napari_tomoseg._napari.layers import apply_phases
 from napari_tomoseg._napari.state import state_for
 from napari_tomoseg._napari.tables import compact_number
-from napari_tomoseg.core.learn.finetune import FinetunePlan, band_mask
+from napari_tomoseg.core.learn.finetune import (
+    FinetunePlan,
+    band_mask,
+    held_out_mask,
+    held_out_voxels,
+)
 from napari_tomoseg.core.measure.baseline import GreyLevelClassifier
 from napari_tomoseg.core.measure.metrics import (
     confusion_matrix,
@@ -55,8 +60,8 @@ def _widget(viewer, qtbot):
     return w
 
 
-def _finetuned(viewer, axis, train, held, validation="slices"):
-    """What the Fine-tune widget records after a run (the core's plan is what evaluate reads)."""
+def _finetuned(viewer, ann, axis, train, held, validation="slices"):
+    """What the Fine-tune widget records in the state after a run (the core's plan and record)."""
     plan = FinetunePlan(
         phases=COMPOSITE_PHASES,
         replace_head=False,
@@ -66,7 +71,8 @@ def _finetuned(viewer, axis, train, held, validation="slices"):
         validation=validation,
         counts=(1, 1, 1),
     )
-    state_for(viewer).set_finetune(SimpleNamespace(plan=plan))
+    result = SimpleNamespace(plan=plan, held_out=held_out_voxels(plan, ann))
+    state_for(viewer).set_finetune(result, "fine-tuned 1")
 
 
 def test_jaccard_against_ground_truth_matches_core(sample_viewer, small_phantom, qtbot, wait_job):
@@ -146,10 +152,17 @@ def test_held_out_slices_are_the_default_region(sample_viewer, small_phantom, qt
         ann[z] = truth[z]
     layer = sample_viewer.add_labels(ann, name="annotations")
     apply_phases(layer, COMPOSITE_PHASES)
-    layer.metadata["tomoseg_validation_slices"] = {"axis": 0, "slices": [9]}
+    layer.metadata["tomoseg_held_out"] = {
+        "axis": "z",
+        "kind": "slices",
+        "slices": [9],
+        "train_slices": [2, 15],
+        "model": "fine-tuned 3",
+    }
     w = _widget(sample_viewer, qtbot)
     assert w.reference.layer is layer
     assert w.held_out_check.value and "9 along z" in w.held_out_check.text
+    assert "fine-tuned 3" in w.held_out_check.text
     assert w.run()
     assert wait_job(w.runner) is JobState.DONE
     only9 = np.zeros_like(truth)
@@ -159,12 +172,18 @@ def test_held_out_slices_are_the_default_region(sample_viewer, small_phantom, qt
     assert w.result.n_evaluated == truth[9].size
     assert "held-out slices 9" in w.result.region
     assert "outside the held-out" in w.result.baseline_note
-    # Unchecked: all annotated voxels.
+    assert w.result.trained_on_voxels == 0 and "trained on" not in w.summary.value
+    # Unchecked: all annotated voxels, with a warning that slices 2 and 15 were trained on.
     w.held_out_check.value = False
     assert w.run()
     assert wait_job(w.runner) is JobState.DONE
     np.testing.assert_allclose(
         w.result.jaccard, jaccard_from_confusion(confusion_matrix(pred, ann, 3))
+    )
+    trained = 2 * truth[0].size
+    assert w.result.trained_on_voxels == trained
+    assert f"includes {trained:,} voxels the model was trained on: scores are optimistic" in (
+        w.summary.value
     )
 
 
@@ -247,7 +266,7 @@ def test_held_out_slices_of_the_finetune_run(sample_viewer, small_phantom, qtbot
     w = _widget(sample_viewer, qtbot)
     assert w.reference.layer.name == "annotations"
     assert not w.held_out_check.value and not w.held_out_check.enabled
-    _finetuned(sample_viewer, axis=1, train=(10,), held=(30,))  # a run just ended
+    _finetuned(sample_viewer, ann, axis=1, train=(10,), held=(30,))  # a run just ended
     assert w.held_out_check.value and "30 along y" in w.held_out_check.text
     # A ground truth (annotated everywhere) is not what was trained on: scored whole.
     w.reference.select("ground truth")
@@ -271,7 +290,7 @@ def test_held_out_bands_of_the_finetune_run(sample_viewer, small_phantom, qtbot,
     ann[12, :, :40] = truth[12, :, :40]  # a partial slice: its band lies within the annotation
     sample_viewer.add_labels(ann, name="annotations")
     w = _widget(sample_viewer, qtbot)
-    _finetuned(sample_viewer, axis=0, train=(4, 12), held=(4, 12), validation="band")
+    _finetuned(sample_viewer, ann, axis=0, train=(4, 12), held=(4, 12), validation="band")
     assert w.held_out_check.value and "bands of slices 4, 12" in w.held_out_check.text
     assert w.run()
     assert wait_job(w.runner) is JobState.DONE
@@ -283,4 +302,37 @@ def test_held_out_bands_of_the_finetune_run(sample_viewer, small_phantom, qtbot,
     np.testing.assert_array_equal(
         w.result.confusion, confusion_matrix(pred, held, 3, mask=pred > 0)
     )
-    assert "bands" in w.result.region
+    assert "bands" in w.result.region and w.result.trained_on_voxels == 0
+    record = state_for(sample_viewer).last_finetune.held_out
+    np.testing.assert_array_equal(held > 0, held_out_mask(record, truth.shape) & (ann > 0))
+    # The annotations change after the run: the band stays the one the run held out.
+    painted = ann.copy()
+    painted[12] = truth[12]
+    sample_viewer.layers["annotations"].data = painted
+    assert w.run()
+    assert wait_job(w.runner) is JobState.DONE
+    now = np.where(held_out_mask(record, truth.shape), painted, 0)
+    np.testing.assert_array_equal(w.result.confusion, confusion_matrix(pred, now, 3, mask=pred > 0))
+
+
+def test_a_run_that_held_nothing_out_warns(sample_viewer, small_phantom, qtbot, wait_job):
+    _, truth = small_phantom
+    pred = _corrupt(truth, seed=4)
+    _add_prediction(sample_viewer, pred)
+    ann = np.zeros_like(truth)
+    ann[3] = truth[3]
+    layer = sample_viewer.add_labels(ann, name="annotations")
+    layer.metadata["tomoseg_held_out"] = {
+        "axis": "z",
+        "kind": "none",
+        "slices": [],
+        "train_slices": [3],
+        "model": "fine-tuned 1",
+    }
+    w = _widget(sample_viewer, qtbot)
+    assert not w.held_out_check.enabled and not w.held_out_check.value
+    assert "held none out" in w.held_out_check.text
+    assert w.run()
+    assert wait_job(w.runner) is JobState.DONE
+    assert w.result.n_evaluated == truth[3].size == w.result.trained_on_voxels
+    assert "scores are optimistic" in w.summary.value

@@ -8,7 +8,6 @@ iter_evaluate` in a worker -> tables (copy / CSV), a per-slice fraction profile,
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -21,13 +20,13 @@ from qtpy.QtWidgets import QApplication
 from napari_tomoseg._napari.docking import tabify_docks
 from napari_tomoseg._napari.jobs import JobControls, JobRunner
 from napari_tomoseg._napari.layers import LayerPicker, layer_phases, upsert_labels
-from napari_tomoseg._napari.notify import notify_error, notify_info
+from napari_tomoseg._napari.notify import notify_error, notify_info, notify_warning
 from napari_tomoseg._napari.outputs import choose_output_path, layer_voxel_size, write_text_atomic
 from napari_tomoseg._napari.plots import apply_theme, follow_theme, theme_colours
-from napari_tomoseg._napari.state import state_for
+from napari_tomoseg._napari.state import HELD_OUT_KEY, state_for
 from napari_tomoseg._napari.tables import ResultTable
 from napari_tomoseg.core.measure.evaluate import Evaluation, EvaluationProgress
-from napari_tomoseg.core.measure.report import format_cell, table_to_csv
+from napari_tomoseg.core.measure.report import format_cell, table_to_csv, trained_on_warning
 from napari_tomoseg.core.progress import CancelToken
 
 if TYPE_CHECKING:
@@ -54,40 +53,97 @@ _SHOWN_ONLY = (ERRORS_LAYER, "blob selection")
 
 @dataclass(frozen=True)
 class HeldOut:
-    """Voxels kept out of fine-tuning: slices along an axis, or (``band``) a band of each slice."""
+    """What a fine-tuning run kept out of training in a reference, and what it trained on.
+
+    ``record`` is the core's record of the held-out voxels (see :func:`~napari_tomoseg.core.learn.
+    finetune.held_out_voxels`), None when the run held nothing out; ``train_slices`` are the slices
+    along ``axis`` it trained on (in a band run, every annotated slice outside its band); ``model``
+    is the name of the model it made, when known.
+    """
 
     axis: int
-    slices: tuple[int, ...]
-    band: bool = False
+    train_slices: tuple[int, ...]
+    record: dict[str, Any] | None = None
+    model: str | None = None
+
+    @property
+    def slices(self) -> tuple[int, ...]:
+        """The held-out slices along :attr:`axis` (none when nothing was held out)."""
+        return tuple(int(i) for i in self.record["slices"]) if self.record else ()
+
+    @property
+    def band(self) -> bool:
+        """True when a band of each held-out slice was held out, rather than whole slices."""
+        return self.record is not None and self.record.get("kind") == "band"
 
     def describe(self) -> str:
         where = f"{', '.join(map(str, self.slices))} along {'zyx'[self.axis]}"
         return f"bands of slices {where}" if self.band else f"slices {where}"
 
+    def mask(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The held-out voxels (annotated or not) in a volume of ``shape``; ValueError if the
+        record does not fit it."""
+        from napari_tomoseg.core.learn.finetune import held_out_mask
+
+        if self.record is None:
+            return np.zeros(shape, dtype=bool)
+        return held_out_mask(self.record, shape)
+
+    def trained_on(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The voxels of the trained slices outside the held-out ones (annotated or not)."""
+        out = np.zeros(shape, dtype=bool)
+        key: list[Any] = [slice(None)] * 3
+        key[self.axis] = [i for i in self.train_slices if 0 <= i < shape[self.axis]]
+        out[tuple(key)] = True
+        if self.record is not None:
+            out &= ~self.mask(shape)
+        return out
+
 
 def held_out(state: Any, reference: Any) -> HeldOut | None:
-    """What the last fine-tuning held out of ``reference``, or None.
+    """What a fine-tuning run held out of ``reference`` (a labels layer), or None.
 
-    Read from the layer's ``metadata["tomoseg_validation_slices"]`` (``{"axis": a, "slices": [...]}``)
-    if set, else from the plan of ``state.last_finetune`` when ``reference`` holds the annotations it
-    was trained on: every held-out slice is annotated and the slices it did not use are not (so a
-    ground truth, annotated everywhere, is scored whole).
+    Read from the layer's ``metadata["tomoseg_held_out"]``, which the Fine-tune widget writes on the
+    annotations it trained on, else from ``state.last_finetune`` when ``reference`` holds the
+    annotations it was trained on: every held-out slice is annotated and the slices it did not use
+    are not (so a ground truth, annotated everywhere, is scored whole).
     """
-    raw = (getattr(reference, "metadata", None) or {}).get("tomoseg_validation_slices")
-    if raw:
-        if isinstance(raw, dict):
-            axis, slices = int(raw.get("axis", 0)), tuple(int(i) for i in raw.get("slices", ()))
-        else:
-            axis, slices = 0, tuple(int(i) for i in raw)
-        return HeldOut(axis, slices) if slices else None
-    plan = getattr(getattr(state, "last_finetune", None), "plan", None)
-    if plan is None or not plan.validation_slices or plan.validation not in ("slices", "band"):
+    data = reference.data
+    raw = (getattr(reference, "metadata", None) or {}).get(HELD_OUT_KEY)
+    if isinstance(raw, dict):
+        try:
+            return _from_metadata(raw, tuple(data.shape))
+        except (KeyError, TypeError, ValueError) as err:
+            log.warning("ignoring the held-out voxels recorded on %r: %s", reference.name, err)
+            return None
+    result = getattr(state, "last_finetune", None)
+    plan = getattr(result, "plan", None)
+    if plan is None:
         return None
     found = HeldOut(
-        int(plan.axis), tuple(int(i) for i in plan.validation_slices), plan.validation == "band"
+        int(plan.axis),
+        tuple(int(i) for i in plan.train_slices),
+        getattr(result, "held_out", None),
+        getattr(state, "last_finetune_name", None),
     )
     used = set(plan.train_slices) | set(plan.validation_slices)
-    return found if _annotated_as_planned(reference.data, found, used) else None
+    return found if _annotated_as_planned(data, found, used) else None
+
+
+def _from_metadata(raw: dict[str, Any], shape: tuple[int, ...]) -> HeldOut:
+    """A :class:`HeldOut` from what the Fine-tune widget recorded on a layer (checked against
+    ``shape``: ValueError when it does not fit)."""
+    axis = "zyx".index(raw["axis"]) if isinstance(raw["axis"], str) else int(raw["axis"])
+    record = {k: v for k, v in raw.items() if k not in ("train_slices", "model")}
+    found = HeldOut(
+        axis,
+        tuple(int(i) for i in raw.get("train_slices", ())),
+        None if record.get("kind") == "none" or not record.get("slices") else record,
+        raw.get("model"),
+    )
+    if len(shape) != 3 or any(not 0 <= i < shape[axis] for i in found.slices):
+        raise ValueError(f"the recorded slices do not fit a volume of shape {shape}")
+    return found
 
 
 #: Slices outside the plan looked at to tell the trained-on annotations from a full ground truth.
@@ -101,7 +157,7 @@ def _annotated_as_planned(data: Any, found: HeldOut, used: set[int]) -> bool:
     if data.ndim != 3:
         return False
     n = int(data.shape[found.axis])
-    if any(not 0 <= i < n for i in found.slices):
+    if any(not 0 <= i < n for i in (*found.slices, *used)):
         return False
     if found.axis != 0 and not isinstance(data, np.ndarray):
         return True  # a y/x slice of a chunked store reads the whole store: trust the plan
@@ -118,18 +174,6 @@ def _annotated_as_planned(data: Any, found: HeldOut, used: set[int]) -> bool:
         [unused[int(k)] for k in np.linspace(0, len(unused) - 1, _UNUSED_CHECKED)] if unused else []
     )
     return not any(plane(i).any() for i in dict.fromkeys(picks))
-
-
-def _band_mask(reference: Any, found: HeldOut) -> np.ndarray:
-    """The held-out band of every held-out slice, as the fine-tuning chose it (worker thread)."""
-    from napari_tomoseg.core.learn.finetune import band_mask
-
-    mask = np.zeros(reference.shape, dtype=bool)
-    for i in found.slices:
-        key: list[Any] = [slice(None)] * 3
-        key[found.axis] = i
-        mask[tuple(key)] = band_mask(np.asarray(reference[tuple(key)]))
-    return mask
 
 
 class ProfilePlot(Container):
@@ -211,7 +255,8 @@ class EvaluateWidget(Container):
         )
         self.held_out_check = CheckBox(text="Held-out voxels only")
         self.held_out_check.tooltip = (
-            "Score only the annotated voxels the last fine-tuning kept out of training"
+            "Score only the annotated voxels the fine-tuning kept out of training: scores on "
+            "voxels the model was trained on are optimistic"
         )
         self.exclude_check = CheckBox(
             text="Leave out voxels outside the mask (prediction = 0)", value=True
@@ -279,13 +324,17 @@ class EvaluateWidget(Container):
             self.state.finetuned.disconnect(self._update_held_out)
             return
         found = self.held_out()
-        self.held_out_check.enabled = found is not None
-        self.held_out_check.value = found is not None
-        self.held_out_check.text = (
-            f"Held-out voxels only ({found.describe()})"
-            if found is not None
-            else "Held-out voxels only (none recorded: all annotated voxels)"
-        )
+        recorded = found is not None and found.record is not None
+        self.held_out_check.enabled = recorded
+        self.held_out_check.value = recorded
+        if found is None:
+            text = "Held-out voxels only (none recorded: all annotated voxels)"
+        elif found.record is None:
+            text = "Held-out voxels only (the fine-tuning held none out: all were trained on)"
+        else:
+            model = f", kept out of {found.model}" if found.model else ""
+            text = f"Held-out voxels only ({found.describe()}{model})"
+        self.held_out_check.text = text
 
     def _run_clicked(self) -> None:
         self.run()
@@ -321,10 +370,12 @@ class EvaluateWidget(Container):
                     )
                 image = image_layer.data
             phases = layer_phases(pred_layer) or layer_phases(ref_layer) or self.state.phases
-            found = (
-                self.held_out()
-                if self.held_out_check.value and self.held_out_check.enabled
-                else None
+            found = self.held_out()
+            only_held = (
+                found is not None
+                and found.record is not None
+                and bool(self.held_out_check.value)
+                and self.held_out_check.enabled
             )
         except ValueError as err:
             notify_error(str(err))
@@ -336,7 +387,8 @@ class EvaluateWidget(Container):
         options = {
             "phases": phases,
             "image": image,
-            "region": None if found is None else (found.axis, found.slices),
+            "held_out": only_held,
+            "region_name": f"held-out {found.describe()}" if only_held and found else None,
             "exclude_outside": bool(self.exclude_check.value),
             "voxel_size": layer_voxel_size(pred_layer),
             "prediction_name": pred_layer.name,
@@ -346,13 +398,14 @@ class EvaluateWidget(Container):
         def job(token: CancelToken) -> Generator[EvaluationProgress, None, Any]:
             from napari_tomoseg.core.measure.evaluate import iter_evaluate
 
-            mask = _band_mask(ref, found) if found is not None and found.band else None
-            errors = np.zeros(tuple(pred.shape), dtype=np.uint8)
+            shape = tuple(pred.shape)
+            # Voxels named by the run's record; the reference's 0s (not annotated) are never scored.
+            mask = found.mask(shape) if only_held and found is not None else None
+            trained = found.trained_on(shape) if found is not None else None
+            errors = np.zeros(shape, dtype=np.uint8)
             result = yield from iter_evaluate(
-                pred, ref, mask=mask, errors_out=errors, cancel=token, **options
+                pred, ref, mask=mask, trained_on=trained, errors_out=errors, cancel=token, **options
             )
-            if found is not None and found.band:
-                result = dataclasses.replace(result, region=f"held-out {found.describe()}")
             return result, errors
 
         self.controls.status.value = "Evaluating…"
@@ -388,11 +441,14 @@ class EvaluateWidget(Container):
             if result.baseline_note
             else ""
         )
+        warning = trained_on_warning(result.trained_on_voxels)
         self.summary.value = (
             f"Mean Jaccard {format_cell(result.mean_jaccard, 'J')} of {result.prediction_name!r} "
             f"against {result.reference_name!r} on {result.n_evaluated:,} voxels "
-            f"({result.region}).{baseline}"
+            f"({result.region}).{baseline}" + (f"\n⚠ The evaluation {warning}." if warning else "")
         )
+        if warning:
+            notify_warning(f"The evaluation {warning}")
         self.controls.status.value = "Done."
         self.copy_button.enabled = True
         self.save_button.enabled = True

@@ -14,7 +14,28 @@ from psygnal import Signal
 
 from napari_tomoseg.core.phases import COMPOSITE_PHASES, PhaseTable
 
-__all__ = ["ViewerState", "state_for"]
+__all__ = ["HELD_OUT_KEY", "ViewerState", "held_out_metadata", "state_for"]
+
+#: Key of an annotations layer's ``metadata`` recording what the fine-tuning that used it held out.
+HELD_OUT_KEY = "tomoseg_held_out"
+
+
+def held_out_metadata(result: Any, model: str) -> dict[str, Any]:
+    """What a fine-tuning run records on its annotations layer (``metadata[HELD_OUT_KEY]``).
+
+    The core's record of the held-out voxels (``result.held_out``: axis, kind, slices and, for bands,
+    their columns; ``kind`` is ``"none"`` when nothing was held out), the slices it trained on and
+    the name of the model it made, so the Evaluate widget can score only the held-out voxels and
+    count the trained-on ones.
+    """
+    plan = result.plan
+    axis = "zyx"[int(plan.axis)]
+    record = (
+        dict(result.held_out) if result.held_out else {"axis": axis, "kind": "none", "slices": []}
+    )
+    record["train_slices"] = [int(i) for i in plan.train_slices]
+    record["model"] = model
+    return record
 
 
 class ViewerState:
@@ -28,6 +49,8 @@ class ViewerState:
         Models in memory by display name (e.g. a fine-tuned one not yet saved), oldest first.
     last_finetune : Any
         The result of the last fine-tuning run (its model, held-out voxels, scores), or None.
+    last_finetune_name : str or None
+        The name under which that run's model is in :attr:`models`.
     last_evaluation : Any
         The last evaluation (per-phase Jaccard, confusion matrix, fractions), or None.
     uncertainty, slice_scores, uncertainty_image
@@ -45,6 +68,7 @@ class ViewerState:
         self.phases: PhaseTable = COMPOSITE_PHASES
         self.models: dict[str, Any] = {}
         self.last_finetune: Any | None = None
+        self.last_finetune_name: str | None = None
         self.last_evaluation: Any | None = None
         self.uncertainty: Any | None = None
         self.slice_scores: Any | None = None
@@ -61,8 +85,10 @@ class ViewerState:
         self.models[name] = model
         self.models_changed.emit()
 
-    def set_finetune(self, result: Any) -> None:
+    def set_finetune(self, result: Any, name: str | None = None) -> None:
+        """Record the last fine-tuning run (its model kept as ``name``) and tell the widgets."""
         self.last_finetune = result
+        self.last_finetune_name = name
         self.finetuned.emit(result)
 
     def set_evaluation(self, evaluation: Any) -> None:
