@@ -239,3 +239,34 @@ def test_held_out_mask_trained_on_voxels_and_the_baseline_fitted_outside():
     # without a trained-on mask nothing is known, and nothing is claimed
     r = evaluate(ref, ref, phases=TWO)
     assert r.trained_on_voxels is None and "trained on" not in evaluation_text(r)
+
+
+def test_held_out_comparison_says_which_model_was_kept():
+    from types import SimpleNamespace
+
+    from napari_tomoseg.core.measure.report import best_step_scores, held_out_comparison
+
+    start = {"matrix": 0.9, "fibre": 0.8}
+    better = {"matrix": 0.95, "fibre": 0.85}
+    lines = held_out_comparison(start, better, "fine-tuned")
+    assert lines[0] == "Kept the fine-tuned model: held-out Jaccard 0.850 → 0.900"
+    assert lines[1] == "per phase: matrix 0.900 → 0.950, fibre 0.800 → 0.850"
+    history = [
+        SimpleNamespace(validation=None),
+        SimpleNamespace(validation=(0.7, 0.8)),
+        SimpleNamespace(validation=(0.8, float("nan"))),
+    ]
+    best = best_step_scores(history, ["matrix", "fibre"])
+    assert best == {"matrix": 0.8, "fibre": pytest.approx(float("nan"), nan_ok=True)}
+    lines = held_out_comparison(start, start, "start", best)
+    assert lines[0].startswith(
+        "Kept the starting model: no step beat it on the held-out voxels (0.850 vs best 0.800)"
+    )
+    assert "annotate where it is wrong and fine-tune again" in lines[0]
+    assert best_step_scores(history[:1], ["matrix", "fibre"]) is None
+    lines = held_out_comparison(None, better, "fine-tuned", start_scored="its output layer is new")
+    assert (
+        lines[0]
+        == "held-out Jaccard 0.900 (the starting model was not scored: its output layer is new)"
+    )
+    assert held_out_comparison(None, None, "fine-tuned")[0].startswith("no held-out voxels")

@@ -21,9 +21,11 @@ from napari_tomoseg.core.measure.inputs import json_number
 from napari_tomoseg.core.phases import PhaseTable
 
 __all__ = [
+    "best_step_scores",
     "build_report",
     "evaluation_text",
     "format_cell",
+    "held_out_comparison",
     "report_csv",
     "table_to_csv",
     "trained_on_warning",
@@ -128,6 +130,74 @@ def format_cell(value: Any, column: str) -> str:
     if "fraction" in column:
         return f"{100 * value:.2f} %"
     return f"{value:.4f}"
+
+
+def best_step_scores(history: Sequence[Any], names: Sequence[str]) -> dict[str, float] | None:
+    """Per-phase held-out Jaccard of the best validated step of a training history (events with a
+    ``validation`` tuple), or None when no step was validated."""
+    best: tuple[float, ...] | None = None
+    for event in history:
+        v = getattr(event, "validation", None)
+        if v is not None and (best is None or _mean(v) > _mean(best)):
+            best = tuple(v)
+    return None if best is None else {n: float(x) for n, x in zip(names, best, strict=True)}
+
+
+def held_out_comparison(
+    start: dict[str, float] | None,
+    final: dict[str, float] | None,
+    kept: str,
+    steps_best: dict[str, float] | None = None,
+    *,
+    start_scored: str = "",
+) -> list[str]:
+    """Lines saying how a fine-tuning run did on its held-out voxels and which model it kept.
+
+    Parameters
+    ----------
+    start, final : per-phase Jaccard, or None
+        The starting model's scores (before any step) and the returned model's.
+    kept : {"fine-tuned", "start"}
+        Which model the run returned.
+    steps_best : per-phase Jaccard, optional
+        The best step's scores (what lost, when the starting model was kept).
+    start_scored : str
+        Why the starting model was not scored, when ``start`` is None.
+    """
+    if final is None:
+        return ["no held-out voxels: the last weights were kept (nothing to compare them on)"]
+    if start is None:
+        why = f" (the starting model was not scored: {start_scored})" if start_scored else ""
+        return [
+            f"held-out Jaccard {_mean(final.values()):.3f}{why}",
+            "per phase: " + ", ".join(f"{n} {v:.3f}" for n, v in final.items()),
+        ]
+    if kept == "start":
+        lost = steps_best or {}
+        vs = f" vs best {_mean(lost.values()):.3f}" if lost else ""
+        return [
+            f"Kept the starting model: no step beat it on the held-out voxels "
+            f"({_mean(start.values()):.3f}{vs}) — annotate where it is wrong and fine-tune again",
+            "per phase (start"
+            + (" vs best step" if lost else "")
+            + "): "
+            + ", ".join(
+                f"{n} {v:.3f}" + (f" vs {lost[n]:.3f}" if n in lost else "")
+                for n, v in start.items()
+            ),
+        ]
+    return [
+        f"Kept the fine-tuned model: held-out Jaccard {_mean(start.values()):.3f} → "
+        f"{_mean(final.values()):.3f}",
+        "per phase: "
+        + ", ".join(f"{n} {start.get(n, float('nan')):.3f} → {v:.3f}" for n, v in final.items()),
+    ]
+
+
+def _mean(values: Any) -> float:
+    a = np.asarray(list(values), dtype=np.float64)
+    a = a[~np.isnan(a)]
+    return float(a.mean()) if a.size else float("nan")
 
 
 def trained_on_warning(trained_on_voxels: int | None) -> str | None:
