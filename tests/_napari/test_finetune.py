@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import time
+from functools import cache
+
 import numpy as np
 import pytest
 
@@ -73,8 +77,12 @@ def test_finetune_plot_segment_again_and_save(annotated_viewer, widget, qtbot, w
     assert res.steps == 6 and res.plan.validation_slices == (12,)
     assert set(res.validation) == {"matrix", "fibre", "pore"}
     assert widget.plot.steps == list(range(1, 7))  # the live plot got every event
-    assert widget.plot.val_steps == [3, 6] and len(widget.plot.val[0]) == 3
-    assert "held-out Jaccard" in widget.summary.value
+    # every validation, and the starting model's score at step 0
+    assert widget.plot.val_steps == [0, 3, 6] and len(widget.plot.val[0]) == 3
+    assert widget.plot.val[0] == tuple(res.start_validation.values())
+    assert "on the held-out voxels" in widget.summary.value or "held-out Jaccard" in (
+        widget.summary.value
+    )
     # the model is in the viewer's state (every model chooser lists it), the result too (Evaluate
     # reads the held-out voxels from it)
     assert state.models["fine-tuned 1"] is res.model
@@ -240,3 +248,126 @@ def test_a_prediction_is_never_picked_as_annotations(make_napari_viewer, qtbot, 
     assert w.annotations.layer is viewer.layers["my labels"]
     viewer.add_labels(np.zeros_like(truth), name="annotations")  # the preferred one wins
     assert w.annotations.layer is viewer.layers["annotations"]
+
+
+# --------------------------------------------------------------------------------------------
+# Before / after on the held-out voxels, the model the next run starts from, the budget
+
+
+@cache
+def _phantom16():
+    from napari_tomoseg.core.phantom.composite import PhantomConfig, make_phantom
+
+    return make_phantom(PhantomConfig(shape=(16, 64, 64)), seed=3)
+
+
+@pytest.fixture
+def three_slices(make_napari_viewer, qtbot):
+    """A viewer with a 16x64x64 phantom and 3 annotated slices; its Fine-tune widget."""
+    ph = _phantom16()
+    viewer = make_napari_viewer()
+    viewer.add_image(ph.volume.copy(), name="composite")
+    ann = np.zeros_like(ph.labels)
+    for z in (3, 8, 12):
+        ann[z] = ph.labels[z]
+    apply_phases(viewer.add_labels(ann, name="annotations"), COMPOSITE_PHASES)
+    w = FinetuneWidget(viewer)
+    qtbot.addWidget(w.native)
+    w.budget_kind.value = "steps"
+    w.budget.value = 4
+    w.validate_every.value = 2
+    return viewer, w
+
+
+def test_before_after_and_the_next_run_starts_from_the_fine_tuned_model(
+    three_slices, qtbot, wait_job
+):
+    from napari_tomoseg.core.measure.report import best_step_scores, held_out_comparison
+
+    viewer, w = three_slices
+    layer = viewer.layers["annotations"]
+    assert w.starts_from.value == "Starts from: the bundled model"
+    assert w.run()
+    assert _wait_training(qtbot, w, wait_job) is JobState.DONE
+    first = w.result
+    assert first.plan.validation == "band" and first.start_validation is not None
+    # before / after on the held-out voxels, and which model was kept
+    names = list(COMPOSITE_PHASES.names)
+    start_mean = np.nanmean(list(first.start_validation.values()))
+    expected = held_out_comparison(
+        first.start_validation,
+        first.validation,
+        first.kept,
+        best_step_scores(first.history, names),
+    )
+    lines = w.summary.value.splitlines()
+    assert lines[0].startswith("fine-tuned 1: 4 steps") and "from the bundled model" in lines[0]
+    assert lines[1:] == expected
+    if first.kept == "fine-tuned":
+        final_mean = np.nanmean(list(first.validation.values()))
+        assert lines[1] == (
+            f"Kept the fine-tuned model: held-out Jaccard {start_mean:.3f} → {final_mean:.3f}"
+        )
+    else:
+        assert lines[1].startswith(
+            f"Kept the starting model: no step beat it on the held-out voxels ({start_mean:.3f} vs"
+        )
+    for name in names:
+        assert f"{name} {first.start_validation[name]:.3f}" in lines[2]
+    # the curve: the start at step 0, then every validation including the closing one
+    assert w.plot.val_steps == [0, 2, 4]
+    assert w.plot.val[0] == tuple(first.start_validation.values())
+    # the held-out voxels are recorded on the annotations, with the model they belong to
+    assert layer.metadata["tomoseg_held_out"] == {
+        **first.held_out,
+        "train_slices": [3, 8, 12],
+        "model": "fine-tuned 1",
+    }
+
+    # the next run starts from the fine-tuned model
+    assert w.base.value == "memory:fine-tuned 1"
+    assert w.starts_from.value == "Starts from: fine-tuned 1 (the last fine-tuned model)"
+    w.budget.value = 2
+    assert w.run()
+    assert _wait_training(qtbot, w, wait_job) is JobState.DONE
+    second = w.result
+    assert second is not first
+    assert second.model.provenance["base_provenance"] is first.model.provenance
+    # the same held-out band: the start of this run scores as the model the first one kept
+    assert second.start_validation == pytest.approx(first.validation, nan_ok=True)
+    assert "from fine-tuned 1" in w.summary.value.splitlines()[0]
+    assert layer.metadata["tomoseg_held_out"]["model"] == "fine-tuned 2"
+    assert w.base.value == "memory:fine-tuned 2"
+
+    # ... unless asked to start over from the bundled model
+    w.from_bundled.value = True
+    assert not w.base.enabled
+    assert w.starts_from.value == "Starts from: the bundled model"
+    assert w.run()
+    assert _wait_training(qtbot, w, wait_job) is JobState.DONE
+    third = w.result
+    assert third.model.provenance["fine_tuned_from"].startswith("bundled:")
+    assert third.model.provenance.get("base_provenance") is not first.model.provenance
+    assert third.start_validation == pytest.approx(first.start_validation, nan_ok=True)
+    assert not w.from_bundled.value and w.base.value == "memory:fine-tuned 3"
+
+
+def test_a_budget_in_seconds_is_kept(three_slices, qtbot, wait_job):
+    _, w = three_slices
+    w.budget_kind.value = "seconds"
+    w.budget.value = 6
+    w.validate_every.value = 0  # auto
+    times: list[tuple[JobState, float]] = []
+    w.runner.on_state(lambda state: times.append((state, time.perf_counter())))
+    assert w.run()
+    assert _wait_training(qtbot, w, wait_job) is JobState.DONE
+    # the training job only (the planning job before it loads the base model): start -> done
+    running = [t for state, t in times if state is JobState.RUNNING]
+    done = [t for state, t in times if state is JobState.DONE]
+    assert len(running) == 2
+    seconds = done[-1] - running[-1]
+    steps = w.result.history
+    elapsed = [0.0, *(ev.elapsed for ev in steps)]
+    one_step = max(b - a for a, b in itertools.pairwise(elapsed))
+    assert w.result.stopped == "budget"
+    assert seconds <= 6 + 2 + one_step, (seconds, one_step, len(steps))

@@ -2,7 +2,9 @@
 
 form -> FinetuneConfig -> worker 1: load the base model, core ``plan_finetune`` (checks; "adapt the model?"
 if its phases differ) -> worker 2: core ``iter_finetune`` (TrainProgress events -> live plot; Stop keeps the
-best weights) -> the model in the viewer's state ("Segment again" in one click, "Save model…").
+best weights) -> the model in the viewer's state ("Segment again" in one click, "Save model…"), the
+starting and the kept model's held-out scores, the held-out voxels recorded on the annotations layer; the
+next run starts from this model.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from napari_tomoseg._napari.devices import DEVICES
 from napari_tomoseg._napari.files import remember_model
 from napari_tomoseg._napari.jobs import JobControls, JobRunner, JobState
 from napari_tomoseg._napari.layers import LayerPicker, check_image_layer, is_image, layer_phases
-from napari_tomoseg._napari.models import ModelChooser
+from napari_tomoseg._napari.models import BUNDLED, MEMORY, ModelChooser, bundled_path
 from napari_tomoseg._napari.notify import notify_error, notify_info, notify_warning
 from napari_tomoseg._napari.plots import TrainingPlot
-from napari_tomoseg._napari.state import state_for
+from napari_tomoseg._napari.state import HELD_OUT_KEY, held_out_metadata, state_for
 
 if TYPE_CHECKING:
     import napari
@@ -96,7 +98,16 @@ class FinetuneWidget(Container):
             avoid=NEVER_TRAIN_ON,
         )
         self.base = ModelChooser(self.state, label="Base model")
+        self.base.combo.tooltip = (
+            "The model to start from; after a run, the model it made (fine-tune it further)"
+        )
+        self.from_bundled = CheckBox(
+            text="Start from the bundled model",
+            value=False,
+            tooltip="Start over from the bundled model rather than the base model chosen above",
+        )
         self.scratch = CheckBox(text="from scratch (no base model)", value=False)
+        self.starts_from = Label(value="")
         self.validation = ComboBox(
             label="Hold out",
             choices=VALIDATION,
@@ -151,7 +162,9 @@ class FinetuneWidget(Container):
                 self.image,
                 self.annotations,
                 self.base,
+                self.from_bundled,
                 self.scratch,
+                self.starts_from,
                 self.validation,
                 self.held_out,
                 budget_row,
@@ -170,7 +183,10 @@ class FinetuneWidget(Container):
         self.extend([self.summary, self.segment_again, self.save])
 
         self.validation.changed.connect(self._validation_changed)
-        self.scratch.changed.connect(lambda on: setattr(self.base, "enabled", not on))
+        self.scratch.changed.connect(self._base_changed)
+        self.from_bundled.changed.connect(self._base_changed)
+        self.base.model_changed.connect(self._base_changed)
+        self._base_changed()
         self.controls.run_button.changed.connect(lambda: self.run())
         self.segment_again.changed.connect(lambda: self.run_segment_again())
         self.save.changed.connect(self._save_clicked)
@@ -179,6 +195,24 @@ class FinetuneWidget(Container):
     # form ------------------------------------------------------------------------------------
     def _validation_changed(self, value: str) -> None:
         self.held_out.visible = value == "slices"
+
+    def _base_changed(self, *_: Any) -> None:
+        self.from_bundled.enabled = not self.scratch.value
+        self.base.enabled = not (self.scratch.value or self.from_bundled.value)
+        self.starts_from.value = f"Starts from: {self.starting_model()}"
+
+    def starting_model(self) -> str:
+        """The model the next run starts from, in words."""
+        if self.scratch.value:
+            return "random weights (from scratch)"
+        if self.from_bundled.value:
+            return "the bundled model"
+        choice = self.base.value
+        if choice.startswith(MEMORY):
+            name = choice[len(MEMORY) :]
+            last = name == self.state.last_finetune_name
+            return f"{name}" + (" (the last fine-tuned model)" if last else "")
+        return "the bundled model" if choice == BUNDLED else Path(choice).name
 
     def config_kwargs(self) -> dict[str, Any]:
         """The form as keyword arguments of :class:`~napari_tomoseg.core.learn.finetune.FinetuneConfig`
@@ -237,7 +271,7 @@ class FinetuneWidget(Container):
                     f"{image.name!r} has {tuple(volume.shape)}"
                 )
             kwargs = self.config_kwargs()
-            load = None if self.scratch.value else self.base.loader()
+            load = None if self.scratch.value else self._loader()
         except (ValueError, KeyError) as err:
             notify_error(f"Cannot fine-tune: {err}")
             return False
@@ -254,6 +288,8 @@ class FinetuneWidget(Container):
             plan = plan_finetune(volume.shape, annotations, base=base, phases=phases, config=config)
             return config, base, plan
 
+        start_name = self.starting_model()
+
         def planned(res: Any) -> None:
             config, base, plan = res
             if base is not None and (plan.replace_head or plan.phases.names != base.phases.names):
@@ -265,13 +301,37 @@ class FinetuneWidget(Container):
             # The training starts once the planning worker has fully finished.
             from qtpy.QtCore import QTimer
 
-            QTimer.singleShot(0, lambda: self._train(volume, annotations, base, plan, config))
+            QTimer.singleShot(
+                0,
+                lambda: self._train(volume, annotations, base, plan, config, ann_layer, start_name),
+            )
 
-        self.controls.status.value = "Checking the annotations…"
+        self.controls.status.value = f"Checking the annotations… (starting from {start_name})"
         self.runner.start(plan_job, on_return=planned)
         return True
 
-    def _train(self, volume: Any, annotations: Any, base: Any, plan: Any, config: Any) -> None:
+    def _loader(self) -> Any:
+        """The function a worker calls to load the starting model."""
+        if not self.from_bundled.value:
+            return self.base.loader()
+
+        def load() -> Any:
+            from napari_tomoseg.core.model import load_model
+
+            return load_model(bundled_path())
+
+        return load
+
+    def _train(
+        self,
+        volume: Any,
+        annotations: Any,
+        base: Any,
+        plan: Any,
+        config: Any,
+        ann_layer: Any = None,
+        start_name: str = "",
+    ) -> None:
         if self.runner.running:
             return
         phases = plan.phases
@@ -307,8 +367,13 @@ class FinetuneWidget(Container):
             self.plot.add(ev)
             self.controls.status.value = describe(ev)[1]
 
+        self.controls.status.value = f"Fine-tuning {start_name}…" if start_name else ""
         self.runner.start(
-            job, on_yield=on_yield, on_return=self._finished, total=total, describe=describe
+            job,
+            on_yield=on_yield,
+            on_return=lambda result: self._finished(result, ann_layer, start_name),
+            total=total,
+            describe=describe,
         )
 
     def _next_name(self) -> str:
@@ -317,23 +382,44 @@ class FinetuneWidget(Container):
             n += 1
         return f"fine-tuned {n}"
 
-    def _finished(self, result: Any) -> None:
+    def _finished(self, result: Any, ann_layer: Any = None, start_name: str = "") -> None:
+        from napari_tomoseg.core.measure.report import best_step_scores, held_out_comparison
+
+        if result.start_validation is not None:
+            self.plot.add_start(list(result.start_validation.values()))
         self.plot.redraw()
         self.result = result
         self.model_name = self._next_name()
         self.state.add_model(self.model_name, result.model)
-        self.state.set_finetune(result)
-        lines = [
+        self.state.set_finetune(result, self.model_name)
+        if ann_layer is not None:
+            # Which voxels the Evaluate widget may score as unseen by this model.
+            ann_layer.metadata[HELD_OUT_KEY] = held_out_metadata(result, self.model_name)
+        # The next run continues from this model (the bundled one only when asked for).
+        self.base.select_memory(self.model_name)
+        self.from_bundled.value = False
+        self._base_changed()
+        names = list(result.plan.phases.names)
+        not_scored = (
+            "it was trained from scratch"
+            if start_name.startswith("random")
+            else "its output layer is new"
+            if result.plan.replace_head
+            else ""
+        )
+        comparison = held_out_comparison(
+            result.start_validation,
+            result.validation,
+            result.kept,
+            best_step_scores(result.history, names),
+            start_scored=not_scored,
+        )
+        first = (
             f"{self.model_name}: {result.steps} steps in {result.seconds:.0f} s ({result.stopped})"
-        ]
-        if result.validation:
-            scores = ", ".join(f"{k} {v:.3f}" for k, v in result.validation.items())
-            mean = np.nanmean(list(result.validation.values()))
-            lines.append(f"held-out Jaccard: {scores} (mean {mean:.3f})")
-        else:
-            lines.append("no held-out validation: the last weights are kept")
-        self.summary.value = "\n".join(lines)
-        notify_info(lines[0])
+            + (f", from {start_name}" if start_name else "")
+        )
+        self.summary.value = "\n".join([first, *comparison])
+        notify_info(f"{first}. {comparison[0]}")
 
     def _state_changed(self, state: JobState) -> None:
         ready = self.result is not None and state is not JobState.RUNNING

@@ -148,15 +148,30 @@ class TrainingPlot(QWidget):
         self.restyle()
 
     def add(self, event: Any) -> None:
-        self.steps.append(int(event.step))
-        self.losses.append(float(event.loss))
+        # The validation closing a run comes as the last step's event again: one point per step.
+        again = bool(self.steps) and int(event.step) == self.steps[-1]
+        if not again:
+            self.steps.append(int(event.step))
+            self.losses.append(float(event.loss))
         if event.validation is not None:
-            self.val_steps.append(int(event.step))
-            self.val.append(tuple(float(v) for v in event.validation))
+            if self.val_steps and self.val_steps[-1] == int(event.step):
+                self.val[-1] = tuple(float(v) for v in event.validation)
+            else:
+                self.val_steps.append(int(event.step))
+                self.val.append(tuple(float(v) for v in event.validation))
         # A matplotlib draw costs tens of ms on the Qt thread: at most one a second (and at each
         # validation), whatever the speed of training.
         if time.perf_counter() - self._last_draw > 1.0 or event.validation is not None:
             self.redraw()
+
+    def add_start(self, scores: Any) -> None:
+        """Show the starting model's validation (per phase, before any step) at step 0."""
+        if self.val_steps and self.val_steps[0] == 0:
+            self.val_steps.pop(0)
+            self.val.pop(0)
+        self.val_steps.insert(0, 0)
+        self.val.insert(0, tuple(float(v) for v in scores))
+        self.redraw()
 
     def redraw(self) -> None:
         self._last_draw = time.perf_counter()

@@ -170,7 +170,7 @@ def held_out_comparison(
         why = f" (the starting model was not scored: {start_scored})" if start_scored else ""
         return [
             f"held-out Jaccard {_mean(final.values()):.3f}{why}",
-            "per phase: " + ", ".join(f"{n} {v:.3f}" for n, v in final.items()),
+            "per phase: " + ", ".join(f"{n} {_score(v)}" for n, v in final.items()),
         ]
     if kept == "start":
         lost = steps_best or {}
@@ -182,7 +182,7 @@ def held_out_comparison(
             + (" vs best step" if lost else "")
             + "): "
             + ", ".join(
-                f"{n} {v:.3f}" + (f" vs {lost[n]:.3f}" if n in lost else "")
+                f"{n} {_score(v)}" + (f" vs {_score(lost[n])}" if n in lost else "")
                 for n, v in start.items()
             ),
         ]
@@ -190,8 +190,14 @@ def held_out_comparison(
         f"Kept the fine-tuned model: held-out Jaccard {_mean(start.values()):.3f} → "
         f"{_mean(final.values()):.3f}",
         "per phase: "
-        + ", ".join(f"{n} {start.get(n, float('nan')):.3f} → {v:.3f}" for n, v in final.items()),
+        + ", ".join(
+            f"{n} {_score(start.get(n, float('nan')))} → {_score(v)}" for n, v in final.items()
+        ),
     ]
+
+
+def _score(value: float) -> str:
+    return "n/a" if value != value else f"{value:.3f}"
 
 
 def _mean(values: Any) -> float:
