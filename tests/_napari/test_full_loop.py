@@ -109,3 +109,64 @@ def test_sample_segment_annotate_finetune_evaluate_export(
     assert io.read_voxel_size(out) == pytest.approx((1.3, 1.3, 1.3))
     reports = list(tmp_path.glob("prediction-report.json"))
     assert reports and json.loads(reports[0].read_text())
+
+
+def test_finetune_then_evaluate_scores_only_the_held_out_voxels(
+    make_napari_viewer, qtbot, wait_job
+):
+    """3 annotated slices -> Fine-tune (a band of each held out) -> Segment again -> Evaluate on
+    the annotations: exactly the core's numbers on the held-out voxels the run recorded."""
+    from napari_tomoseg._napari.layers import apply_phases
+    from napari_tomoseg.core.learn.finetune import held_out_mask
+    from napari_tomoseg.core.measure.evaluate import evaluate
+    from napari_tomoseg.core.phantom.composite import PhantomConfig, make_phantom
+
+    ph = make_phantom(PhantomConfig(shape=(16, 64, 64)), seed=3)
+    viewer = make_napari_viewer()
+    viewer.add_image(ph.volume, name="composite")
+    ann = np.zeros_like(ph.labels)
+    for z in (3, 8, 12):
+        ann[z] = ph.labels[z]
+    annotations = viewer.add_labels(ann, name="annotations")
+    apply_phases(annotations, COMPOSITE_PHASES)
+    seg, ft, ev = (cls(viewer) for cls in (SegmentWidget, FinetuneWidget, EvaluateWidget))
+    for w in (seg, ft, ev):
+        qtbot.addWidget(w.native)
+
+    ft.budget_kind.value = "steps"
+    ft.budget.value = 3
+    assert ft.run()
+    qtbot.waitUntil(
+        lambda: ft.result is not None or ft.runner.state is JobState.FAILED, timeout=120_000
+    )
+    assert wait_job(ft.runner) is JobState.DONE
+    record = ft.result.held_out
+    assert record["kind"] == "band" and record["slices"] == [3, 8, 12]
+    assert annotations.metadata["tomoseg_held_out"]["model"] == "fine-tuned 1"
+    ft.segment_again.native.click()
+    assert wait_job(seg.runner) is JobState.DONE
+    pred = np.asarray(viewer.layers[PREDICTION].data)
+
+    assert ev.reference.layer is annotations and ev.held_out_check.value
+    assert "kept out of fine-tuned 1" in ev.held_out_check.text
+    assert ev.run()
+    assert wait_job(ev.runner) is JobState.DONE
+    mask = held_out_mask(record, ann.shape)
+    expected = evaluate(pred, ann, phases=COMPOSITE_PHASES, mask=mask)
+    np.testing.assert_array_equal(ev.result.confusion, expected.confusion)
+    np.testing.assert_array_equal(ev.result.jaccard, expected.jaccard)
+    assert ev.result.mean_jaccard == expected.mean_jaccard or (
+        np.isnan(ev.result.mean_jaccard) and np.isnan(expected.mean_jaccard)
+    )
+    assert ev.result.n_evaluated == int(((ann > 0) & mask & (pred > 0)).sum()) > 0
+    assert ev.result.trained_on_voxels == 0 and "held-out bands of slices 3, 8, 12" in (
+        ev.result.region
+    )
+    assert "trained on" not in ev.summary.value
+    # everything annotated: the trained-on voxels are counted and the summary warns
+    ev.held_out_check.value = False
+    assert ev.run()
+    assert wait_job(ev.runner) is JobState.DONE
+    trained = int(((ann > 0) & ~mask & (pred > 0)).sum())
+    assert ev.result.trained_on_voxels == trained > 0
+    assert f"includes {trained:,} voxels the model was trained on" in ev.summary.value
