@@ -28,10 +28,23 @@ def test_train_writes_a_model_with_provenance(data, tmp_path, capsys):
     argv = ["train", str(data / "vol.tif"), "-a", str(data / "ann.tif"), "-o", str(out)]
     assert main([*argv, "--steps", "2", "--seed", "5", "--threads", "1"]) == 0
     text = capsys.readouterr().out
-    assert "2 annotated slice(s) along z" in text and "validation: band" in text
-    assert "validation Jaccard on held-out annotations" in text and "mean" in text
+    assert "2 annotated slice(s) along z" in text
+    assert "held out for validation: a band of each annotated slice along z" in text
+    assert "Jaccard on the held-out annotations" in text and "mean" in text
     model = load_model(out)
     prov = model.provenance
+    # before / after on the held-out annotations, and which model was kept
+    start = np.nanmean(list(prov["start_validation_jaccard"].values()))
+    final = np.nanmean(list(prov["validation_jaccard"].values()))
+    if prov["kept"] == "fine-tuned":
+        assert f"Kept the fine-tuned model: held-out Jaccard {start:.3f} → {final:.3f}" in text
+        assert "start" in text and "fine-tuned" in text  # the table's columns
+    else:
+        assert prov["best_step"] == 0
+        assert (
+            f"Kept the starting model: no step beat it on the held-out voxels ({start:.3f} vs best"
+            in text
+        )
     assert prov["fine_tuned_from"].startswith("bundled:")
     assert prov["steps"] == 2 and prov["seed"] == 5 and prov["annotated_slices"] == 2
     assert prov["data_shape"] == [12, 64, 64] and prov["train_slices"] == [3, 8]
@@ -52,7 +65,11 @@ def test_train_with_slices_phases_and_validation_slices(data, tmp_path, capsys):
     model = load_model(out)
     assert model.phases.names == ("resin", "glass") and model.config.n_phases == 2
     assert model.provenance["train_slices"] == [2] and model.provenance["validation_slices"] == [9]
-    assert "new output layer" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "new output layer" in text
+    assert "held out for validation: slices 9 along z" in text and "slices on slices" not in text
+    # a new output layer: the starting model is not scored, and the output says why
+    assert "the starting model was not scored: its output layer is new" in text
 
 
 @pytest.mark.parametrize(
@@ -171,3 +188,66 @@ def test_plan_notes_are_printed_once(tmp_path, capsys, caplog):
     for note in ("extended to 2.5D", "the base model predicts 3 phases"):  # 2 phases annotated
         logged = [r.getMessage() for r in caplog.records if note in r.getMessage()]
         assert (seen.out + seen.err).count(note) + len(logged) == 1, note
+
+
+def test_evaluate_with_the_model_scores_only_its_held_out_annotations(
+    data, tmp_path, capsys, fails
+):
+    from napari_tomoseg.core import io
+    from napari_tomoseg.core.learn.finetune import held_out_mask
+    from napari_tomoseg.core.measure.evaluate import evaluate
+    from napari_tomoseg.core.phases import COMPOSITE_PHASES
+
+    model_file, pred_file = tmp_path / "m.safetensors", tmp_path / "pred.tif"
+    ann_file = data / "ann.tif"
+    argv = ["train", str(data / "vol.tif"), "-a", str(ann_file), "-o", str(model_file)]
+    assert main([*argv, "--steps", "2", "--threads", "1"]) == 0
+    argv = ["segment", str(data / "vol.tif"), "-o", str(pred_file), "--model", str(model_file)]
+    assert main([*argv, "--threads", "1"]) == 0
+    capsys.readouterr()
+    pred, ann = io.read_labels(pred_file), io.read_labels(ann_file)
+    record = load_model(model_file).provenance["held_out"]
+    assert record["kind"] == "band" and record["slices"] == [3, 8]
+    held = held_out_mask(record, ann.shape)
+
+    argv = ["evaluate", str(pred_file), str(ann_file), "--model", str(model_file)]
+    assert main([*argv, "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    expected = evaluate(pred, ann, phases=COMPOSITE_PHASES, mask=held, exclude_outside=False)
+    assert rep["region"].startswith("held-out bands of slices 3, 8 along z")
+    assert rep["trained_on_voxels"] == 0
+    assert rep["evaluated_voxels"] == expected.n_evaluated == int(((ann > 0) & held).sum())
+    assert rep["per_phase"] == {
+        n: (None if np.isnan(v) else float(v))
+        for n, v in zip(COMPOSITE_PHASES.names, expected.jaccard, strict=True)
+    }
+    assert rep["confusion_matrix"] == expected.confusion[1:].tolist()
+    # the table says which voxels were scored
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert f"{expected.n_evaluated:,} voxels scored (held-out bands of slices 3, 8 along z" in text
+    assert "--all-annotated" in text and "warning" not in text
+    # every annotated voxel: those trained on are counted, and the scores flagged
+    assert main([*argv, "--all-annotated", "--json"]) == 0
+    out = capsys.readouterr()
+    rep = json.loads(out.out)
+    trained = int(((ann > 0) & ~held).sum())
+    assert rep["trained_on_voxels"] == trained > 0 and rep["region"] == "all annotated voxels"
+    assert rep["evaluated_voxels"] == int((ann > 0).sum())
+    assert f"includes {trained:,} voxels the model was trained on: scores are optimistic" in out.err
+    assert main([*argv, "--all-annotated"]) == 0
+    assert "warning: includes" in capsys.readouterr().out
+    # with the grey volume: the Evaluate widget's report, on the same held-out voxels
+    assert main([*argv, "--image", str(data / "vol.tif"), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["region"].startswith("held-out bands") and rep["trained_on_voxels"] == 0
+    assert rep["evaluated_voxels"] == expected.n_evaluated
+    assert "outside the held-out" in rep["grey_level_baseline"]["note"]
+    # a model fine-tuned on another volume, or never fine-tuned: a clear error
+    io.write_labels(tmp_path / "p2.tif", pred[:4], phases=COMPOSITE_PHASES)
+    io.write_labels(tmp_path / "a2.tif", ann[:4])
+    other = ["evaluate", str(tmp_path / "p2.tif"), str(tmp_path / "a2.tif")]
+    fails([*other, "--model", str(model_file)], "was fine-tuned on a volume of shape (12, 64, 64)")
+    from napari_tomoseg.core.model import bundled_model_path
+
+    fails([*argv[:3], "--model", str(bundled_model_path())], "records no fine-tuning")

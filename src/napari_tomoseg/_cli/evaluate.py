@@ -1,6 +1,7 @@
-"""``tomoseg evaluate PRED REF [--image VOLUME]``: per-phase Jaccard of a prediction against reference labels.
+"""``tomoseg evaluate PRED REF [--image VOLUME] [--model MODEL]``: per-phase Jaccard of a prediction.
 
 PRED + REF (+ the grey VOLUME) -> checks (shape, integer ids, the prediction's phase table)
+(+ MODEL: the annotations its fine-tuning held out and trained on, from its provenance)
 -> core.measure.evaluate -> a Jaccard table (or JSON); with --image the Evaluate widget's report:
 grey-level baseline column, fractions, volumes and the confusion matrix.
 """
@@ -8,6 +9,8 @@ grey-level baseline column, fractions, volumes and the confusion matrix.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +30,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="VOLUME",
         help="the grey volume both label files belong to: adds the grey-level baseline, phase "
         "fractions, volumes and the confusion matrix (the Evaluate widget's report)",
+    )
+    p.add_argument(
+        "--model",
+        metavar="MODEL",
+        help="the fine-tuned model that made the prediction, when REF holds the annotations it was "
+        "fine-tuned on: only the annotations it held out of training are scored (scores on "
+        "voxels a model was trained on are optimistic)",
+    )
+    p.add_argument(
+        "--all-annotated",
+        action="store_true",
+        help="with --model: score every annotated voxel, those the model was trained on included "
+        "(they are counted, and the scores flagged as optimistic)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
@@ -70,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
                 f"image {tuple(image.shape)} and prediction {pred.shape} differ in shape; give "
                 "the volume that was segmented"
             )
+    scored = _scored_voxels(args, pred.shape)
     table = io.read_label_phases(args.prediction)
     if table is not None:
         for name, arr in (("prediction", pred), ("reference", ref)):
@@ -83,42 +100,99 @@ def run(args: argparse.Namespace) -> int:
     else:
         n = int(max(pred.max(), ref.max()))
         phases = PhaseTable.from_names([f"phase {i}" for i in range(1, n + 1)])
-    if image is None:
-        # Scored as always: a prediction of 0 on an annotated voxel is a miss, not left out.
-        result = _jaccard_only(pred, ref, phases)
-        if args.json:
-            print(json_text(result))
-        else:
-            scores = [np.nan if v is None else v for v in result["per_phase"].values()]
-            print(format_table(phases.names, {"Jaccard": scores}))
-        return 0
-    from napari_tomoseg.core.measure.report import evaluation_text
+    from napari_tomoseg.core.measure.report import evaluation_text, trained_on_warning
 
-    evaluation = evaluate(
-        pred,
-        ref,
-        phases=phases,
-        image=image,
-        exclude_outside=False,
-        voxel_size=io.read_voxel_size(args.prediction) or io.read_voxel_size(args.image),
-        prediction_name=str(args.prediction),
-        reference_name=str(args.reference),
-    )
-    print(json_text(evaluation.to_json()) if args.json else evaluation_text(evaluation))
+    # Scored as always: a prediction of 0 on an annotated voxel is a miss, not left out.
+    try:
+        evaluation = evaluate(
+            pred,
+            ref,
+            phases=phases,
+            image=image,
+            exclude_outside=False,
+            voxel_size=None
+            if image is None
+            else io.read_voxel_size(args.prediction) or io.read_voxel_size(args.image),
+            prediction_name=str(args.prediction),
+            reference_name=str(args.reference),
+            **scored,
+        )
+    except ValueError as err:
+        raise CliError(f"{args.reference}: {err}") from None
+    warning = trained_on_warning(evaluation.trained_on_voxels)
+    if args.json:
+        print(json_text(_jaccard_only(evaluation) if image is None else evaluation.to_json()))
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+    elif image is None:
+        print(f"{evaluation.n_evaluated:,} voxels scored ({evaluation.region})")
+        if warning:
+            print(f"warning: {warning}")
+        print(format_table(phases.names, {"Jaccard": evaluation.jaccard}))
+    else:
+        print(evaluation_text(evaluation))
     return 0
 
 
-def _jaccard_only(pred: np.ndarray, ref: np.ndarray, phases: Any) -> dict[str, Any]:
-    """Per-phase Jaccard, mean and confusion matrix (reference rows 1..C) as JSON types; the
-    reference holds annotated voxels (checked by :func:`run`)."""
-    from napari_tomoseg.core.measure.evaluate import evaluate
+def _scored_voxels(args: argparse.Namespace, shape: tuple[int, ...]) -> dict[str, Any]:
+    """``evaluate`` options for the voxels to score: with ``--model``, the annotations its
+    fine-tuning held out (unless ``--all-annotated``), and the ones it trained on, counted."""
+    if not args.model:
+        return {}
+    from napari_tomoseg._cli.common import load_model
+    from napari_tomoseg.core.learn.finetune import held_out_mask
 
-    ev = evaluate(pred, ref, phases=phases, exclude_outside=False)
+    provenance = load_model(args.model).provenance or {}
+    name = Path(args.model).name
+    if "train_slices" not in provenance:
+        raise CliError(
+            f"{args.model} records no fine-tuning (no training annotations in its provenance): "
+            "leave out --model to score every annotated voxel"
+        )
+    trained_shape = provenance.get("data_shape")
+    if trained_shape is not None and tuple(trained_shape) != tuple(shape):
+        raise CliError(
+            f"{args.model} was fine-tuned on a volume of shape {tuple(trained_shape)}, but the "
+            f"prediction is {tuple(shape)}: its held-out annotations do not apply; leave out --model"
+        )
+    record = provenance.get("held_out")
+    axis = "zyx".index(provenance.get("annotation_axis", "z"))
+    try:
+        held = held_out_mask(record, shape) if record else np.zeros(shape, bool)
+    except (ValueError, KeyError, TypeError) as err:
+        raise CliError(
+            f"{args.model}: the held-out annotations it records do not fit: {err}"
+        ) from None
+    trained = np.zeros(shape, bool)
+    key: list[Any] = [slice(None)] * 3
+    key[axis] = [int(i) for i in provenance["train_slices"] if 0 <= int(i) < shape[axis]]
+    trained[tuple(key)] = True
+    trained &= ~held
+    if not record or args.all_annotated:
+        why = "" if record else f"; {name} held none out of training"
+        return {"trained_on": trained, "region_name": f"all annotated voxels{why}"}
+    words = ", ".join(map(str, record["slices"]))
+    what = "bands of slices" if record.get("kind") == "band" else "slices"
+    return {
+        "mask": held,
+        "held_out": True,
+        "trained_on": trained,
+        "region_name": f"held-out {what} {words} along {'zyx'[axis]}, kept out of training {name}; "
+        "--all-annotated scores every annotated voxel",
+    }
+
+
+def _jaccard_only(ev: Any) -> dict[str, Any]:
+    """Per-phase Jaccard, mean, confusion matrix (reference rows 1..C), the scored region and the
+    trained-on voxels among them, as JSON types."""
     return {
         "per_phase": {
             name: (None if np.isnan(s) else float(s))
-            for name, s in zip(phases.names, ev.jaccard, strict=True)
+            for name, s in zip(ev.phases.names, ev.jaccard, strict=True)
         },
-        "mean": ev.mean_jaccard,
+        "mean": None if np.isnan(ev.mean_jaccard) else ev.mean_jaccard,
         "confusion_matrix": ev.confusion[1:, :].tolist(),
+        "region": ev.region,
+        "evaluated_voxels": ev.n_evaluated,
+        "trained_on_voxels": ev.trained_on_voxels,
     }

@@ -1,7 +1,8 @@
 """``tomoseg train``: fine-tune a model on a few annotated slices of a volume.
 
 volume + annotations (+ base model) -> plan (printed notes) -> fine-tuning with a progress bar
--> model file (written atomically, never over an existing file without --overwrite) + validation table.
+-> model file (written atomically, never over an existing file without --overwrite) + the starting and
+the kept model's Jaccard on the held-out annotations, and which model was kept.
 """
 
 from __future__ import annotations
@@ -137,8 +138,7 @@ def run(args: argparse.Namespace) -> int:
         f"fine-tuning {'from scratch' if base is None else (base.source.name if base.source else 'model')} "
         f"on {n_slices} annotated slice(s) along {'zyx'[plan.axis]} "
         f"({', '.join(f'{n}: {c}' for n, c in zip(plan.phases.names, plan.counts, strict=True))} voxels); "
-        f"validation: {plan.validation}"
-        + (f" on slices {list(plan.validation_slices)}" if plan.validation == "slices" else "")
+        f"held out for validation: {_held_out_words(plan)}"
     )
     for note in plan.notes:
         print(f"note: {note}")
@@ -157,13 +157,47 @@ def run(args: argparse.Namespace) -> int:
         f"Mvox/s, stopped by {result.stopped}); best step {model.provenance['best_step']}; "
         f"total {time.perf_counter() - t_start:.1f} s -> {out}"
     )
-    if result.validation is not None:
-        names = list(result.validation)
-        print("validation Jaccard on held-out annotations:")
-        print(format_table(names, {"Jaccard": [result.validation[n] for n in names]}))
-    else:
-        print("no validation (no annotation held out): the last weights were kept")
+    _print_held_out_scores(result, from_scratch=base is None)
     return 0
+
+
+def _held_out_words(plan: Any) -> str:
+    """What the plan keeps out of training, in words."""
+    axis = "zyx"[plan.axis]
+    if plan.validation == "slices":
+        return f"slices {', '.join(map(str, plan.validation_slices))} along {axis}"
+    if plan.validation == "band":
+        return f"a band of each annotated slice along {axis}"
+    return "nothing (the last weights are kept)"
+
+
+def _print_held_out_scores(result: Any, *, from_scratch: bool) -> None:
+    """The starting and the kept model's Jaccard on the held-out annotations, and which was kept."""
+    from napari_tomoseg.core.measure.report import best_step_scores, held_out_comparison
+
+    names = list(result.plan.phases.names)
+    steps_best = best_step_scores(result.history, names)
+    if result.validation is not None:
+        columns: dict[str, list[float]] = {}
+        if result.start_validation is not None:
+            columns["start"] = [result.start_validation[n] for n in names]
+        if result.kept == "start" and steps_best is not None:
+            columns["best step"] = [steps_best[n] for n in names]
+        else:
+            columns["fine-tuned"] = [result.validation[n] for n in names]
+        print("Jaccard on the held-out annotations:")
+        print(format_table(names, columns))
+    why = (
+        "it was trained from scratch"
+        if from_scratch
+        else "its output layer is new"
+        if result.plan.replace_head
+        else ""
+    )
+    for line in held_out_comparison(
+        result.start_validation, result.validation, result.kept, steps_best, start_scored=why
+    ):
+        print(line)
 
 
 def _finetune_with_progress(
