@@ -35,6 +35,8 @@ class InferenceDefaults:
     axis: str = "z"
     tile: int = 256
     overlap: int = 32
+    #: Test-time augmentation by default; files written before it existed load with False.
+    tta: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -47,6 +49,8 @@ class InferenceDefaults:
             raise ValueError(
                 f"overlap must be in 0..{self.tile // 2} for tile {self.tile}, got {self.overlap}"
             )
+        if not isinstance(self.tta, bool):
+            raise ValueError(f"tta must be true or false, got {self.tta!r}")
 
 
 @dataclass
@@ -113,7 +117,7 @@ def save_model(
         "unet": json.dumps(asdict(model.config)),
         "phases": json.dumps(model.phases.to_json()),
         "normalization": json.dumps(asdict(model.normalization)),
-        "inference": json.dumps(asdict(model.defaults)),
+        "inference": json.dumps(inference_metadata(model.defaults)),
         "provenance": json.dumps(model.provenance, default=str),
     }
     # io (zarr, tifffile) only when a model is saved: loading a model never needs it.
@@ -133,6 +137,15 @@ def save_model(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def inference_metadata(defaults: InferenceDefaults) -> dict[str, Any]:
+    """The ``inference`` metadata of a model file: ``tta`` only when on, so a file without test-time
+    augmentation stays readable by versions that predate it (they refuse unknown keys)."""
+    d = asdict(defaults)
+    if not d["tta"]:
+        del d["tta"]
+    return d
 
 
 class ModelFileError(ValueError):

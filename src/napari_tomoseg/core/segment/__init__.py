@@ -29,6 +29,7 @@ from napari_tomoseg.core.segment.options import (
     ResolvedInference,
     Stitch,
     resolve,
+    resolve_tta,
 )
 from napari_tomoseg.core.segment.outputs import (
     EntropyWriter,
@@ -44,7 +45,17 @@ from napari_tomoseg.core.segment.pipeline import (
     iter_segment,
     segment_volume,
 )
-from napari_tomoseg.core.segment.predictor import Predictor, fold_batch_norm, run_halving
+from napari_tomoseg.core.segment.predictor import (
+    Predictor,
+    Symmetry,
+    TestTimeAugmented,
+    apply_symmetry,
+    average_over_symmetries,
+    fold_batch_norm,
+    invert_symmetry,
+    run_halving,
+    tta_symmetries,
+)
 from napari_tomoseg.core.segment.strategies import output_chunks, region_grid
 from napari_tomoseg.core.segment.tiling import (
     ORTHO_TILE,
@@ -70,10 +81,15 @@ __all__ = [
     "SegmentResult",
     "Segmenter",
     "Stitch",
+    "Symmetry",
+    "TestTimeAugmented",
+    "apply_symmetry",
+    "average_over_symmetries",
     "cpu_has_native_bf16",
     "entropy",
     "fold_batch_norm",
     "format_bytes",
+    "invert_symmetry",
     "is_out_of_memory",
     "iter_segment",
     "output_chunks",
@@ -86,8 +102,10 @@ __all__ = [
     "resolve",
     "resolve_device",
     "resolve_precision",
+    "resolve_tta",
     "run_halving",
     "segment_volume",
     "tile_starts",
+    "tta_symmetries",
     "window",
 ]

@@ -51,6 +51,10 @@ class InferenceConfig:
     ring_removal : bool, optional
         Subtract CT ring artifacts before segmenting (when the volume has any); None: as the model
         was trained (its normalisation's ``ring_removal``).
+    tta : bool, optional
+        Test-time augmentation: average the probabilities over the symmetries of each tile (8 in
+        2D and 2.5D, the 8 flips in 3D; see :func:`~.predictor.tta_symmetries`): 8 times the
+        network time, smoother labels. None: the model file's default (off unless it records it).
     """
 
     mode: Mode | None = None
@@ -64,6 +68,7 @@ class InferenceConfig:
     memory: int | None = None
     stitch: Stitch = "auto"
     ring_removal: bool | None = None
+    tta: bool | None = None
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in MODES:
@@ -86,6 +91,8 @@ class InferenceConfig:
             raise ValueError(f"memory must be a positive number of bytes, got {self.memory}")
         if self.stitch not in ("auto", "valid", "blend"):
             raise ValueError(f"stitch must be auto, valid or blend, got {self.stitch!r}")
+        if self.tta is not None and not isinstance(self.tta, bool):
+            raise ValueError(f"tta must be True, False or None, got {self.tta!r}")
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,12 @@ class ResolvedInference:
     block: int
     stitch: Literal["valid", "blend"] = "blend"
     memory_estimate: int | None = None  # bytes, when a budget was given
+    tta: bool = False
+
+
+def resolve_tta(config: InferenceConfig, model: TomosegModel) -> bool:
+    """Whether test-time augmentation runs: the config's ``tta``, else the model's default."""
+    return model.defaults.tta if config.tta is None else config.tta
 
 
 def resolve(
@@ -167,4 +180,5 @@ def resolve(
         block,
         stitch,
         plan.estimate if config.memory is not None else None,
+        resolve_tta(config, model),
     )

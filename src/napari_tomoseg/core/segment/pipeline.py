@@ -24,8 +24,13 @@ from napari_tomoseg.core.checks import finite_checked
 from napari_tomoseg.core.model import TomosegModel
 from napari_tomoseg.core.progress import Cancelled, CancelToken, SegmentProgress, run_to_completion
 from napari_tomoseg.core.segment.memory import format_bytes
-from napari_tomoseg.core.segment.options import InferenceConfig, ResolvedInference, resolve
-from napari_tomoseg.core.segment.predictor import Predictor
+from napari_tomoseg.core.segment.options import (
+    InferenceConfig,
+    ResolvedInference,
+    resolve,
+    resolve_tta,
+)
+from napari_tomoseg.core.segment.predictor import Predictor, TestTimeAugmented
 from napari_tomoseg.core.segment.strategies import (
     NetworkInfo,
     Region,
@@ -63,7 +68,8 @@ class Segmenter:
     predictor : callable, optional
         Use this instead of building a :class:`~.predictor.Predictor` (tests, benchmarks: any
         callable from normalised batches to probabilities). Its results report device and
-        precision ``custom`` unless it has ``device`` / ``dtype`` attributes.
+        precision ``custom`` unless it has ``device`` / ``dtype`` attributes. With test-time
+        augmentation it is wrapped in :class:`~.predictor.TestTimeAugmented`.
 
     Attributes
     ----------
@@ -72,6 +78,8 @@ class Segmenter:
         Where the network runs (None for a plain callable predictor).
     precision_name : str
         ``fp32``, ``bf16``, ``fp16`` (or ``custom``).
+    tta : bool
+        Whether test-time augmentation runs (the config's ``tta``, else the model's default).
 
     Notes
     -----
@@ -89,13 +97,22 @@ class Segmenter:
         self.model = model
         self.config = config
         self._custom = predictor is not None and not isinstance(predictor, Predictor)
+        # Test-time augmentation lives in the predictor, so every path through it gets it.
+        self.tta = resolve_tta(config, model)
+        self._given = predictor  # as passed: with_options wraps it afresh
         if predictor is None:
-            predictor = Predictor(model, device=config.device, precision=config.precision)
-        self.predictor: PredictFn = predictor
+            predictor = Predictor(
+                model, device=config.device, precision=config.precision, tta=self.tta
+            )
+        elif isinstance(predictor, Predictor):
+            predictor = predictor.with_tta(self.tta)
         device = getattr(predictor, "device", None)
         self.device: torch.device | None = device if isinstance(device, torch.device) else None
         self.dtype: torch.dtype = getattr(predictor, "dtype", torch.float32)
         self.precision_name: str = getattr(predictor, "precision_name", "custom")
+        if self._custom and self.tta:
+            predictor = TestTimeAugmented(predictor)
+        self.predictor: PredictFn = predictor
 
     def __getstate__(self) -> dict[str, Any]:
         if self._custom:
@@ -110,6 +127,8 @@ class Segmenter:
         it shares this one's predictor when device and precision stay the same."""
         config = replace(self.config, **changes)
         same = (config.device, config.precision) == (self.config.device, self.config.precision)
+        if same and self._custom:
+            return Segmenter(self.model, config, predictor=self._given)
         return Segmenter(self.model, config, predictor=self.predictor if same else None)
 
     def resolve(

@@ -3,13 +3,17 @@
 TomosegModel -> batch norm folded, channels-last, on the device (:class:`Predictor`)
 -> batches (N, C_in, *tile) float32 -> softmax probabilities, or uint8 argmax labels of each tile's
 core (:meth:`Predictor.predict_core`); :func:`run_halving` halves the batch on out-of-memory errors.
+Test-time augmentation (``tta``): every batch also runs through the :func:`tta_symmetries`, each
+result transformed back (:func:`invert_symmetry`) and the probabilities averaged
+(:func:`average_over_symmetries`); :class:`TestTimeAugmented` does the same for any callable.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +32,100 @@ from napari_tomoseg.core.segment.device import (
 )
 
 log = logging.getLogger(__name__)
+
+#: A symmetry of a tile: (axis permutation, flips) of its spatial axes, as in
+#: ``core.learn.augment.apply_dihedral``: axis ``i`` of the result is axis ``perm[i]`` of the input,
+#: then the result's axes with ``flips[i]`` are reversed.
+Symmetry = tuple[tuple[int, ...], tuple[bool, ...]]
+
+
+def tta_symmetries(ndim: int) -> list[Symmetry]:
+    """The symmetries test-time augmentation averages over, identity first.
+
+    2D (and 2.5D, whose context slices are channels): the 8 symmetries of the square. 3D: the 8
+    flips of the three axes, without axis permutations. The 48 symmetries of the cube would cost
+    48 network passes per tile for little more averaging; the flips cost the same as 2D, keep z
+    (the scan's rotation axis, along which rings and cone-beam blur differ) the slicing axis, and
+    keep a block's shape, so non-cubic blocks and the memory plan are unchanged. Both sets are
+    groups, so the averaged prediction is exactly equivariant under each of their symmetries.
+    """
+    if ndim == 2:
+        return [
+            (perm, flips)
+            for perm in itertools.permutations(range(2))
+            for flips in itertools.product((False, True), repeat=2)
+        ]
+    if ndim == 3:
+        return [((0, 1, 2), flips) for flips in itertools.product((False, True), repeat=3)]
+    raise ValueError(f"test-time augmentation works on 2D or 3D tiles, got ndim={ndim}")
+
+
+def apply_symmetry(x: torch.Tensor, symmetry: Symmetry) -> torch.Tensor:
+    """``symmetry`` applied to the last ``len(perm)`` axes of ``x`` (batch and channels untouched);
+    the convention of ``core.learn.augment.apply_dihedral``."""
+    perm, flips = symmetry
+    lead = x.ndim - len(perm)
+    out = x.permute(*range(lead), *(lead + p for p in perm))
+    dims = [lead + i for i, f in enumerate(flips) if f]
+    return out.flip(dims) if dims else out
+
+
+def invert_symmetry(x: torch.Tensor, symmetry: Symmetry) -> torch.Tensor:
+    """The inverse of :func:`apply_symmetry`: ``invert_symmetry(apply_symmetry(x, s), s)`` is ``x``."""
+    perm, flips = symmetry
+    lead = x.ndim - len(perm)
+    dims = [lead + i for i, f in enumerate(flips) if f]
+    out = x.flip(dims) if dims else x
+    inverse = sorted(range(len(perm)), key=lambda i: perm[i])
+    return out.permute(*range(lead), *(lead + i for i in inverse))
+
+
+def average_over_symmetries(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    symmetries: Sequence[Symmetry],
+) -> torch.Tensor:
+    """Mean over ``symmetries`` s of ``invert_symmetry(forward(apply_symmetry(x, s)), s)``.
+
+    ``forward`` maps (N, C_in, *tile) to (N, C_out, *tile) probabilities; one pass per symmetry, so
+    memory grows by one accumulator, not by the number of symmetries.
+    """
+    total: torch.Tensor | None = None
+    for symmetry in symmetries:
+        p = invert_symmetry(forward(apply_symmetry(x, symmetry)), symmetry)
+        total = p if total is None else total + p
+    if total is None:
+        raise ValueError("no symmetries to average over")
+    return total / len(symmetries)
+
+
+class TestTimeAugmented:
+    """Any predictor callable with its probabilities averaged over :func:`tta_symmetries`.
+
+    What :class:`Predictor` does on its device with ``tta=True``, for a plain callable on numpy
+    batches (tests, benchmarks, custom predictors given to a Segmenter).
+
+    Parameters
+    ----------
+    predict : callable
+        (N, C_in, *tile) float32 -> (N, C_out, *tile) float32 probabilities.
+    """
+
+    __test__ = False  # not a pytest class, whatever its name
+
+    def __init__(self, predict: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]):
+        self.predict = predict
+
+    def __call__(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        def forward(t: torch.Tensor) -> torch.Tensor:
+            out = self.predict(np.ascontiguousarray(t.numpy(), dtype=np.float32))
+            return torch.from_numpy(np.asarray(out, dtype=np.float32))
+
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        result: npt.NDArray[np.float32] = average_over_symmetries(
+            forward, x, tta_symmetries(batch.ndim - 2)
+        ).numpy()
+        return result
 
 
 def fold_batch_norm(network: nn.Module) -> nn.Module:
@@ -73,6 +171,9 @@ class Predictor:
         ``auto`` (cuda, mps, cpu), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     precision : {"auto", "fp32", "bf16", "fp16"}
         ``auto`` uses bf16 on GPUs and on CPUs with native bf16, fp32 elsewhere.
+    tta : bool
+        Test-time augmentation: softmax probabilities averaged over :func:`tta_symmetries` (8
+        network passes per batch, on the device).
 
     Notes
     -----
@@ -84,9 +185,16 @@ class Predictor:
     """
 
     def __init__(
-        self, model: TomosegModel, *, device: str = "auto", precision: Precision = "auto"
+        self,
+        model: TomosegModel,
+        *,
+        device: str = "auto",
+        precision: Precision = "auto",
+        tta: bool = False,
     ) -> None:
         self.model = model
+        self.tta = tta
+        self.symmetries = tta_symmetries(model.config.ndim) if tta else []
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         net = fold_batch_norm(model.network)
@@ -121,18 +229,38 @@ class Predictor:
             x = host.to(self.device)
         return x.contiguous(memory_format=self._memory_format)
 
-    def _logits(self, batch: npt.NDArray[np.float32]) -> torch.Tensor:
-        x = self._to_device(batch)
+    def with_tta(self, tta: bool) -> Predictor:
+        """This predictor with test-time augmentation on or off; the network on the device is shared."""
+        if tta == self.tta:
+            return self
+        other = copy.copy(self)
+        other.tta = tta
+        other.symmetries = tta_symmetries(self.model.config.ndim) if tta else []
+        other._pinned = None  # a staging buffer per predictor: two may run in two threads
+        return other
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self._memory_format)
         with torch.autocast(
             self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
         ):
             return self.network(x).float()
 
+    def _logits(self, batch: npt.NDArray[np.float32]) -> torch.Tensor:
+        return self._forward(self._to_device(batch))
+
+    def _probabilities(self, batch: npt.NDArray[np.float32]) -> torch.Tensor:
+        """Softmax probabilities on the device, averaged over the symmetries with ``tta``."""
+        x = self._to_device(batch)
+        if not self.tta:
+            return torch.softmax(self._forward(x), dim=1)
+        return average_over_symmetries(
+            lambda t: torch.softmax(self._forward(t), dim=1), x, self.symmetries
+        )
+
     def __call__(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         with torch.inference_mode():
-            parts = run_halving(
-                lambda b: torch.softmax(self._logits(b), dim=1).cpu().numpy(), batch, self
-            )
+            parts = run_halving(lambda b: self._probabilities(b).cpu().numpy(), batch, self)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def predict_core(
@@ -145,7 +273,12 @@ class Predictor:
         """
 
         def run(b: npt.NDArray[np.float32]) -> tuple[Any, Any]:
-            logits = self._logits(b)[(slice(None), slice(None), *core)]
+            where = (slice(None), slice(None), *core)
+            if self.tta:
+                probs = self._probabilities(b)[where]
+                lab = probs.argmax(1).to(torch.uint8).cpu().numpy()
+                return lab, probs.cpu().numpy() if probabilities else None
+            logits = self._logits(b)[where]
             lab = logits.argmax(1).to(torch.uint8).cpu().numpy()
             return lab, torch.softmax(logits, dim=1).cpu().numpy() if probabilities else None
 
