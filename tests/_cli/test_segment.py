@@ -179,3 +179,36 @@ def test_ring_removal_follows_the_model_and_can_be_switched_off(phantom, tmp_pat
         ref = segment_volume(vol, model, InferenceConfig(device="cpu", ring_removal=on)).labels
         np.testing.assert_array_equal(labels[on], ref)
     assert (labels[True] != labels[False]).any()
+
+
+def test_tta_follows_the_model_file_and_the_flags(phantom, tmp_path, capsys):
+    import json
+    from dataclasses import replace
+
+    from napari_tomoseg.core.model import bundled_model_path, load_model, save_model
+    from napari_tomoseg.core.segment import InferenceConfig, segment_volume
+
+    model = load_model(bundled_model_path())
+    model.defaults = replace(model.defaults, tta=True)
+    model_path = save_model(tmp_path / "tta.safetensors", model)
+    capsys.readouterr()
+    assert main(["info", str(model_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["inference_defaults"]["tta"] is True
+    vol = io.read_volume(phantom / "vol.zarr")
+    common = ["--tile", "32", "--overlap", "8", "--device", "cpu"]
+    labels = {}
+    for name, flags, on in (
+        ("model", ["--model", str(model_path)], True),
+        ("no-tta", ["--model", str(model_path), "--no-tta"], False),
+        ("bundled", ["--tta"], True),
+    ):
+        out = tmp_path / f"labels-{name}.zarr"
+        assert main(["segment", str(phantom / "vol.zarr"), "-o", str(out), *common, *flags]) == 0
+        assert ("test-time augmentation" in capsys.readouterr().out) is on
+        labels[name] = zarr.open_array(str(out))[...]
+    config = InferenceConfig(tile=32, overlap=8, device="cpu", tta=True)
+    np.testing.assert_array_equal(labels["model"], segment_volume(vol, model, config).labels)
+    np.testing.assert_array_equal(labels["bundled"], labels["model"])
+    plain = segment_volume(vol, model, replace(config, tta=False)).labels
+    np.testing.assert_array_equal(labels["no-tta"], plain)
+    assert (labels["no-tta"] != labels["model"]).any()

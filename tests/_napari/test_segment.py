@@ -156,3 +156,32 @@ def test_field_of_view_mask(make_napari_viewer, qtbot, wait_job, small_phantom):
     pred = viewer.layers[PREDICTION].data
     assert not pred[:, outside].any()  # outside the circle: 0, not segmented
     assert (pred[fov.astype(bool)] > 0).all()
+
+
+def test_tta_checkbox_follows_the_model_and_reaches_the_core(
+    sample_viewer, widget, wait_job, small_phantom, tmp_path
+):
+    from dataclasses import replace
+
+    from napari_tomoseg._napari.models import BUNDLED
+    from napari_tomoseg.core.model import bundled_model_path, load_model, save_model
+
+    volume, _ = small_phantom
+    assert not widget.tta.value  # the bundled model does not ask for it
+    assert widget.tta in list(widget.advanced.body) and not widget.advanced.expanded
+    model = load_model(bundled_model_path())
+    model.defaults = replace(model.defaults, tta=True)
+    widget.model.set_file(save_model(tmp_path / "tta.safetensors", model))
+    assert widget.tta.value  # read from the file's header
+    widget.model.combo.value = BUNDLED
+    assert not widget.tta.value
+    state_for(sample_viewer).add_model("with tta", model)
+    widget.model.select_memory("with tta")
+    assert widget.tta.value
+    assert widget.run()
+    assert wait_job(widget.runner) is JobState.DONE
+    pred = sample_viewer.layers[PREDICTION]
+    expected = _core_labels(volume, tile=512, overlap=32, device="cpu", tta=True)
+    np.testing.assert_array_equal(pred.data, expected)
+    assert (expected != _core_labels(volume, tile=512, overlap=32, device="cpu")).any()
+    assert pred.metadata["tomoseg_settings"]["tta"] is True

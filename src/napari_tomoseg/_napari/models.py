@@ -57,6 +57,7 @@ class ModelInfo:
     ndim: int
     in_channels: int
     ring_removal: bool = False
+    tta: bool = False
 
 
 def bundled_path() -> Path:
@@ -102,6 +103,7 @@ def read_model_header(path: str | Path) -> ModelInfo:
             ndim=int(unet.get("ndim", 2)),
             in_channels=int(unet.get("in_channels", 1)),
             ring_removal=bool(normalization.get("ring_removal", False)),
+            tta=inference.get("tta", False) is True,
         )
     except (OSError, ValueError, KeyError, TypeError, struct.error) as err:
         raise ValueError(
@@ -122,6 +124,7 @@ def info_of(model: Any) -> ModelInfo:
         model.config.ndim,
         model.config.in_channels,
         model.normalization.ring_removal,
+        d.tta,
     )
 
 
