@@ -29,6 +29,7 @@ from magicgui.widgets import (
 )
 
 from napari_tomoseg._napari.devices import DEVICES
+from napari_tomoseg._napari.docking import tabify_docks
 from napari_tomoseg._napari.files import remember_model
 from napari_tomoseg._napari.jobs import JobControls, JobRunner, JobState
 from napari_tomoseg._napari.layers import LayerPicker, check_image_layer, is_image, layer_phases
@@ -177,8 +178,9 @@ class FinetuneWidget(Container):
         )
         form.margins = (0, 0, 0, 0)
         super().__init__(widgets=[form, self.controls], labels=False)
+        tabify_docks(self)
         # magicgui has no plot widget: the matplotlib canvas is embedded as a Qt widget.
-        self.plot = TrainingPlot()
+        self.plot = TrainingPlot(viewer=napari_viewer)
         self.native.layout().addWidget(self.plot)
         self.extend([self.summary, self.segment_again, self.save])
 
