@@ -19,6 +19,7 @@ same run and ``fraction_of_peak`` is the slice mode's end-to-end model FLOP/s ov
 
     python benchmarks/inference.py                 # 64 slices (the volume)
     python benchmarks/inference.py --slices 16     # quicker
+    python benchmarks/inference.py --slices 16 --tta   # with test-time augmentation (no MONAI)
 
 ``--busy-neighbour`` instead times the 128^3 sample volume (File > Open Sample) with nothing else
 running and next to another process spinning a Python loop on one core, for the default thread
@@ -247,6 +248,11 @@ def main() -> None:
         help="time the 128^3 sample idle and next to a busy process (see above)",
     )
     ap.add_argument("--repeats", type=int, default=5, help="timings per case (--busy-neighbour)")
+    ap.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation (8 network passes per tile; FLOPs counted 8x; no MONAI run)",
+    )
     args = ap.parse_args()
     if args.busy_neighbour:
         emit(busy_neighbour(args.repeats))
@@ -261,7 +267,11 @@ def main() -> None:
     volume, truth = ph.volume, ph.labels
     model = load_model(bundled_model_path())
     n = len(model.phases)
-    segmenter = Segmenter(model, InferenceConfig(device=args.device, precision=args.precision))
+    if args.tta:  # MONAI runs the bare network: no like-for-like comparison
+        args.skip = [*args.skip, "monai"]
+    segmenter = Segmenter(
+        model, InferenceConfig(device=args.device, precision=args.precision, tta=args.tta)
+    )
     predictor = segmenter.predictor
     assert isinstance(predictor, Predictor)
     vox = volume.size
@@ -269,6 +279,7 @@ def main() -> None:
         "shape": list(volume.shape),
         "device": str(segmenter.device),
         "precision": segmenter.precision_name,
+        "tta": args.tta,
         "machine": machine(),
         "modes": {},
     }
@@ -278,6 +289,7 @@ def main() -> None:
     peak16 = matmul_peak(torch.bfloat16)
     peak = max(peak32, peak16)
     fpv = flops_per_voxel(predictor.network, (1, model.config.in_channels, 512, 512))
+    fpv *= max(1, len(predictor.symmetries))  # one network pass per symmetry with --tta
     out.update(peak_fp32_flops=peak32, peak_bf16_flops=peak16, flops_per_voxel=fpv)
 
     # Ours and MONAI alternate on chunks of slices, so that a change in machine load (this CPU is
@@ -367,7 +379,8 @@ def main() -> None:
             net3, model.phases, defaults=InferenceDefaults(mode="3d", tile=64, overlap=16)
         )
         seg3 = Segmenter(
-            m3, InferenceConfig(mode="3d", device=args.device, precision=args.precision)
+            m3,
+            InferenceConfig(mode="3d", device=args.device, precision=args.precision, tta=args.tta),
         )
         s = args.size_3d
         v3 = np.ascontiguousarray(volume[:, :s, :s])
@@ -375,6 +388,7 @@ def main() -> None:
         _, sec3d = run_ours(v3, seg3)
         assert isinstance(seg3.predictor, Predictor)
         fpv3 = flops_per_voxel(seg3.predictor.network, (1, 1, 64, 64, 64))
+        fpv3 *= max(1, len(seg3.predictor.symmetries))
         mv3d = v3.size / sec3d / 1e6
         out["modes"]["3d"] = {
             "shape": list(v3.shape),
