@@ -56,8 +56,12 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     #: Shards of each batch computed in parallel (one per CPU thread); None: one per thread torch uses.
     workers: int | None = None
+    #: Weights returned: ``"best"`` validated, or ``"last"`` (unless the starting ones score better).
+    keep: Literal["best", "last"] = "best"
 
     def __post_init__(self) -> None:
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"TrainConfig.keep must be 'best' or 'last', got {self.keep!r}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"TrainConfig.workers must be >= 1 or None, got {self.workers}")
         if self.optimizer not in ("adamw", "adabelief"):
@@ -352,8 +356,10 @@ def iter_train(
         validation_seconds = time.perf_counter() - tv
         m = _nanmean(scores)
         if m > best_mean:
-            best_mean, best_val, best_step, since_best = m, scores, step, 0
-            best_state = copy.deepcopy(network.state_dict())
+            best_mean, since_best = m, 0
+            if config.keep == "best" or step == 0:
+                best_val, best_step = scores, step
+                best_state = copy.deepcopy(network.state_dict())
         else:
             since_best += 1
         return scores
@@ -426,8 +432,13 @@ def iter_train(
                 yield history[-1]
     finally:
         runner.close()
-    if validate is None:
-        best_state, best_step = copy.deepcopy(network.state_dict()), step
+    last = history[-1].validation if history else None
+    if validate is None or (
+        config.keep == "last"
+        and last is not None
+        and (start_val is None or _nanmean(last) >= _nanmean(start_val))
+    ):
+        best_state, best_step, best_val = copy.deepcopy(network.state_dict()), step, last
     network.load_state_dict(best_state)
     network.eval()
     return TrainResult(
