@@ -172,8 +172,8 @@ class AnnotateWidget(Container):
         self.import_button = PushButton(text="Import labels from file…")
         self.next_slice = PushButton(text="Next slice to correct")
         self.next_slice.tooltip = (
-            "Jump to the unannotated slice where the model is least sure (needs a segmentation "
-            "with the uncertainty layer)"
+            "Jump to the unannotated slice that would teach the model most: uncertain, and far "
+            "from the slices already annotated (needs a segmentation with the uncertainty layer)"
         )
         self.counts = Label(value="")
         self.counts.native.setWordWrap(True)
@@ -721,8 +721,8 @@ class AnnotateWidget(Container):
                 return
             self.viewer.dims.set_current_step(axis, best[0].index)
             self.controls.status.value = (
-                f"Most uncertain unannotated slice: {AXIS_NAMES[axis]}={best[0].index} "
-                f"(mean uncertainty {best[0].score:.2f})"
+                f"Next slice to correct: {AXIS_NAMES[axis]}={best[0].index} "
+                f"(mean uncertainty {best[0].score:.2f}, far from the annotated slices)"
             )
 
         self.runner.start(job, on_return=jump)

@@ -34,6 +34,7 @@ from napari.qt.threading import create_worker
 
 from napari_tomoseg._napari.advanced import Advanced
 from napari_tomoseg._napari.devices import DEVICES, detect_devices
+from napari_tomoseg._napari.docking import tabify_docks
 from napari_tomoseg._napari.files import companion_path
 from napari_tomoseg._napari.jobs import JobControls, JobRunner, JobState
 from napari_tomoseg._napari.layers import (
@@ -218,6 +219,7 @@ class SegmentWidget(Container):
             widgets=[form, self.advanced, self.preview, self.controls, self.estimate], labels=False
         )
 
+        tabify_docks(self)
         self.tile.changed.connect(self._tile_changed)
         self.image.changed.connect(self._show_voxel_size)
         self.model.model_changed.connect(self._model_changed)
