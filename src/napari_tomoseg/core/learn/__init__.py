@@ -2,8 +2,9 @@
 
 annotations (0 = not annotated, 1..C) -> :mod:`.train` (crops where annotations are, rare phases
 oversampled, :mod:`.augment` dihedral and intensity changes, :mod:`.losses` masked cross-entropy and
-soft Jaccard, AdamW, best weights kept) -> :mod:`.finetune` (a base model, held-out slices scored
-through segment's tiled prediction) -> a :class:`~napari_tomoseg.core.model.TomosegModel` to save.
+soft Jaccard, :mod:`.parallel` each batch split over the CPU's cores, fused AdamW) -> :mod:`.finetune`
+(a base model; held-out voxels recorded and scored through segment's tiled prediction; the starting
+model kept unless training beats it) -> a :class:`~napari_tomoseg.core.model.TomosegModel` to save.
 
 Long runs are generators of progress events with a cancel token (:func:`~.train.iter_train`,
 :func:`~.finetune.iter_finetune`); :func:`~.train.fit` and :func:`~.finetune.finetune` run them to
