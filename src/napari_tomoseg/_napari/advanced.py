@@ -17,11 +17,12 @@ is open or not. The inner widgets are also reachable as ``advanced.body`` (a Con
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
-from magicgui.widgets import Container, PushButton, Widget
+from magicgui.widgets import Container, PushButton, SpinBox, Widget
 
-__all__ = ["Advanced"]
+__all__ = ["Advanced", "threads_box"]
 
 _CLOSED = "▸"
 _OPEN = "▾"
@@ -84,3 +85,21 @@ class Advanced(Container):
 
     def _flip(self, *_: object) -> None:
         self.expanded = not self._expanded
+
+
+def threads_box(work: str) -> SpinBox:
+    """The "CPU threads" field of a widget whose jobs run the network (0 shows as "auto").
+
+    ``work`` says what the threads do, e.g. "trains" or "computes", for the tooltip.
+    """
+    box = SpinBox(
+        label="CPU threads",
+        value=0,
+        min=0,
+        max=max(1, os.cpu_count() or 1),
+        tooltip=f"Threads the network {work} with on the CPU; auto: the cores napari may use. "
+        "Fewer leave cores free for other programs. Applies to this run and later ones; a run "
+        "already going keeps its own.",
+    )
+    box.native.setSpecialValueText("auto")
+    return box

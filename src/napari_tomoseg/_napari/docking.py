@@ -78,15 +78,20 @@ class _Tabifier(QObject):
             self._pending = True
             QTimer.singleShot(0, self.arrange)
 
+    def _window(self) -> QMainWindow | None:
+        """The main window watched, or None once it is gone."""
+        try:
+            window = self.parent()
+        except RuntimeError:  # the window is gone
+            return None
+        return window if isinstance(window, QMainWindow) else None
+
     def arrange(self) -> None:
         """Tab every napari-tomoseg dock placed since the last look with the first placed one of its
         area; the last one tabbed comes to the front."""
         self._pending = False
-        try:
-            window = self.parent()
-        except RuntimeError:  # the window is gone
-            return
-        if not isinstance(window, QMainWindow):
+        window = self._window()
+        if window is None:
             return
         placed = [d for d in (ref() for ref in self._placed) if d is not None]
         front = None
@@ -126,11 +131,8 @@ class _Tabifier(QObject):
         """napari stacked the new dock first and the window grew to hold the stack: give it back the
         size it had, within the screen (Qt keeps it as large as the tabbed docks need)."""
         self._pending = False
-        try:
-            window = self.parent()
-        except RuntimeError:  # the window is gone
-            return
-        if not isinstance(window, QMainWindow):
+        window = self._window()
+        if window is None:
             return
         layout = window.layout()
         if layout is not None:

@@ -10,7 +10,6 @@ next run starts from this model.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from napari_tomoseg._napari.advanced import threads_box
 from napari_tomoseg._napari.devices import DEVICES
 from napari_tomoseg._napari.docking import tabify_docks
 from napari_tomoseg._napari.files import remember_model
@@ -140,16 +140,7 @@ class FinetuneWidget(Container):
         self.validate_every.native.setSpecialValueText("auto")
         self.augment = CheckBox(text="augment (flips/rotations, intensity, noise)", value=True)
         self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
-        self.threads = SpinBox(
-            label="CPU threads",
-            value=0,
-            min=0,
-            max=max(1, os.cpu_count() or 1),
-            tooltip="Threads the network trains with on the CPU; auto: the cores napari may use. "
-            "Fewer leave cores free for other programs. Applies to this run and later ones; a "
-            "run already going keeps its own.",
-        )
-        self.threads.native.setSpecialValueText("auto")
+        self.threads = threads_box("trains")
         self.controls = JobControls(self.runner, "Fine-tune")
         self.summary = Label(value="")
         self.summary.native.setWordWrap(True)

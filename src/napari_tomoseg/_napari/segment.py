@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from magicgui.widgets import (
 from napari.layers import Layer
 from napari.qt.threading import create_worker
 
-from napari_tomoseg._napari.advanced import Advanced
+from napari_tomoseg._napari.advanced import Advanced, threads_box
 from napari_tomoseg._napari.devices import DEVICES, detect_devices
 from napari_tomoseg._napari.docking import tabify_docks
 from napari_tomoseg._napari.files import companion_path
@@ -173,16 +172,7 @@ class SegmentWidget(Container):
         self.keep_uncertainty = CheckBox(
             text="Uncertainty layer (for 'next slice to correct')", value=True
         )
-        self.threads = SpinBox(
-            label="CPU threads",
-            value=0,
-            min=0,
-            max=max(1, os.cpu_count() or 1),
-            tooltip="Threads the network computes with on the CPU; auto: the cores napari may "
-            "use. Fewer leave cores free for other programs. Applies to this run and later ones; "
-            "a run already going keeps its own.",
-        )
-        self.threads.native.setSpecialValueText("auto")
+        self.threads = threads_box("computes")
         self.tta = CheckBox(
             text="Test-time augmentation (8x slower, smoother)",
             tooltip="Segment every tile in its 8 flips and rotations (the 8 flips in 3D) and "
