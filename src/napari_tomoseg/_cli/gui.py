@@ -1,7 +1,7 @@
 """``tomoseg gui [VOLUME]``: napari with the napari-tomoseg widgets docked and a volume (or the sample).
 
 napari and a Qt binding installed? (else one line with the pip command, exit 2) -> argument check
-(before any window opens) -> our reader preferred for this session -> napari.Viewer -> open VOLUME
+(before any window opens) -> our reader preferred while this napari runs -> napari.Viewer -> open VOLUME
 with our reader (or the synthetic sample) -> dock every widget (tabbed, Segment in front) -> napari.run().
 """
 

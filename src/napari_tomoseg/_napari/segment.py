@@ -120,7 +120,7 @@ def _row(label: str, *widgets: Any) -> Container:
 
 
 class SegmentWidget(Container):
-    """Segment an image layer into phases with a U-Net (bundled, saved, or fine-tuned in this session)."""
+    """Segment an image layer into phases with a U-Net (bundled, saved, or fine-tuned since napari was opened)."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self.viewer = napari_viewer
