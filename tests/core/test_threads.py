@@ -49,7 +49,11 @@ def _env_after_import(extra: dict[str, str]) -> dict[str, str | None]:
         "print(json.dumps({k: os.environ.get(k) for k in ('GOMP_SPINCOUNT', 'OMP_WAIT_POLICY')}))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code],
+        env={**env, **extra},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     import json
 
@@ -93,7 +97,9 @@ def test_available_cpus_follows_a_cgroup_quota(monkeypatch: pytest.MonkeyPatch) 
     assert available_cpus() == affinity
 
 
-def test_configure_sets_torchs_count(restore_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_configure_sets_torchs_count(
+    restore_threads: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert configure_threads(1) == 1
     assert torch.get_num_threads() == 1
     monkeypatch.setattr(threads_mod, "default_threads", lambda: 2)

@@ -371,8 +371,6 @@ def test_held_out_slices_are_recorded(phantom, base) -> None:
 
 def test_a_budget_shorter_than_one_step_makes_one_step_with_a_note(phantom, base) -> None:
     ann = annotate(phantom.labels, [3, 12])
-    result = finetune(
-        phantom.volume, ann, base=base, config=replace(FAST, steps=None, budget=1e-3)
-    )
+    result = finetune(phantom.volume, ann, base=base, config=replace(FAST, steps=None, budget=1e-3))
     assert result.steps == 1 and result.stopped == "budget"
     assert any("shorter than one training step" in n for n in result.notes)

@@ -40,7 +40,9 @@ def test_summed_terms_give_the_whole_batch_loss() -> None:
 @pytest.mark.parametrize("workers", [2, 3])
 def test_sharded_step_has_the_gradient_of_the_whole_batch(workers: int) -> None:
     torch.manual_seed(0)
-    net = ModularUNet(UNetConfig(base_filters=2, depth=2)).eval()  # eval: norms use fixed statistics
+    net = ModularUNet(
+        UNetConfig(base_filters=2, depth=2)
+    ).eval()  # eval: norms use fixed statistics
     x, y = _batch()
     w = phase_weights([5, 100, 30])
     ref = copy.deepcopy(net)
@@ -48,7 +50,9 @@ def test_sharded_step_has_the_gradient_of_the_whole_batch(workers: int) -> None:
     loss_one = one.forward_backward(x, y)
     one.close()
     threads = torch.get_num_threads()
-    many = StepRunner(net, device=torch.device("cpu"), dtype=torch.float32, workers=workers, weight=w)
+    many = StepRunner(
+        net, device=torch.device("cpu"), dtype=torch.float32, workers=workers, weight=w
+    )
     loss_many = many.forward_backward(x, y)
     many.close()
     assert torch.get_num_threads() == threads  # given back
@@ -65,7 +69,9 @@ def test_replicas_follow_the_network_after_a_step() -> None:
     runner.forward_backward(x, y)
     opt.step()
     runner.sync()
-    for a, b in zip(net.state_dict().values(), runner.replicas[1].state_dict().values(), strict=True):
+    for a, b in zip(
+        net.state_dict().values(), runner.replicas[1].state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b)
     runner.close()
 
