@@ -73,7 +73,7 @@ class StepRunner:
         self.weight = weight
         self.channels_last = getattr(getattr(network, "cfg", None), "ndim", 2) == 2
         if self.channels_last:
-            network.to(memory_format=torch.channels_last)
+            network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.replicas = [network] + [copy.deepcopy(network) for _ in range(workers - 1)]
         self._pool = (
             ThreadPoolExecutor(workers - 1, thread_name_prefix="tomoseg-train")
@@ -169,7 +169,7 @@ class StepRunner:
             torch.set_num_threads(self._threads)
         self.replicas = [self.network]
         if self.channels_last:
-            self.network.to(memory_format=torch.contiguous_format)
+            self.network.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
 
     def __enter__(self) -> StepRunner:
         return self

@@ -288,6 +288,7 @@ def unfold_batch_norm(network: ModularUNet) -> ModularUNet:
         seq = modules[name]
         assert isinstance(seq, nn.Sequential)
         ref = seq[i - 1].weight
+        assert isinstance(ref, torch.Tensor)
         norm = (nn.BatchNorm2d if ndim == 2 else nn.BatchNorm3d)(
             features, eps=eps, momentum=momentum
         ).to(device=ref.device)
