@@ -175,3 +175,13 @@ def test_says_what_it_does_and_hides_the_slicing_axis(viewer_with_prediction, qt
     assert "surrounds" in w.help.value and "elongated" in w.help.value
     assert w.advanced.expanded is False and not w.axis.native.isVisible()
     assert w.min_area.native.isVisible() and w.min_aspect.native.isVisible()
+
+
+def test_phase_survives_napari_resetting_choices(viewer_with_prediction, qtbot) -> None:
+    w = CleanupWidget(viewer_with_prediction)
+    qtbot.addWidget(w.native)
+    w.phase.value = "fibre"
+    viewer_with_prediction.add_labels(np.zeros((4, 8, 8), np.uint8), name="blob selection")
+    w.reset_choices()
+    assert w.phase.value == "fibre"
+    assert w.to.choices == ("(surrounding phase)", "matrix", "fibre", "pore")

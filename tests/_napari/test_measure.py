@@ -239,3 +239,13 @@ def test_zarr_backed_labels_stream_and_skip_in_memory_measures(
     widget.labels_layer.select(layer)
     widget.labels_layer.select("ground truth")
     assert widget.checks["objects"].value and not widget.checks["thickness"].value
+
+
+def test_phase_lists_survive_napari_resetting_choices(sample_viewer, widget) -> None:
+    widget.phases_select.value = ["fibre", "pore"]
+    widget.objects_phase.value = "fibre"
+    # napari docks the widget through the plugin menu and calls reset_choices on layer changes
+    sample_viewer.add_labels(np.zeros((4, 8, 8), np.uint8), name="scribbles")
+    widget.reset_choices()
+    assert tuple(widget.phases_select.value) == ("fibre", "pore")
+    assert widget.objects_phase.value == "fibre"

@@ -226,6 +226,17 @@ class CleanupWidget(Container):
     def _phases_later(self, *_: Any) -> None:
         QTimer.singleShot(0, self._fill_phases)
 
+    def reset_choices(self, *args: Any) -> None:
+        """napari resets every choice list when a layer is added or removed; the phase lists come
+        from the chosen layer's phase table, so fill them again, keeping the user's choice."""
+        phase, to = self.phase.value, self.to.value
+        super().reset_choices(*args)
+        self._fill_phases()
+        if phase in self.phase.choices:
+            self.phase.value = phase
+        if to in self.to.choices:
+            self.to.value = to
+
     def _fill_phases(self, *_: Any) -> None:
         try:
             self.native.isVisible()

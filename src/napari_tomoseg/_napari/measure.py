@@ -191,6 +191,19 @@ class MeasureWidget(Container):
     def _phases_later(self, *_: Any) -> None:
         QTimer.singleShot(0, self._fill_phases)
 
+    def reset_choices(self, *args: Any) -> None:
+        """napari resets every choice list when a layer is added or removed; the phase lists come
+        from the chosen layer's phase table, so fill them again, keeping the user's choice."""
+        chosen, objects = tuple(self.phases_select.value or ()), self.objects_phase.value
+        super().reset_choices(*args)
+        self._fill_phases()
+        names = list(self.phases_select.choices)
+        kept = [n for n in chosen if n in names]
+        if kept:
+            self.phases_select.value = kept
+        if objects in names:
+            self.objects_phase.value = objects
+
     def _fill_phases(self, *_: Any) -> None:
         try:
             self.native.isVisible()
