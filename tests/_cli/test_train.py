@@ -42,7 +42,7 @@ def test_train_writes_a_model_with_provenance(data, tmp_path, capsys):
     else:
         assert prov["best_step"] == 0
         assert (
-            f"Kept the starting model: no step beat it on the held-out voxels ({start:.3f} vs best"
+            f"Kept the starting model: training did not beat it on the held-out voxels ({start:.3f} vs trained"
             in text
         )
     assert prov["fine_tuned_from"].startswith("bundled:")

@@ -282,7 +282,7 @@ def three_slices(make_napari_viewer, qtbot):
 def test_before_after_and_the_next_run_starts_from_the_fine_tuned_model(
     three_slices, qtbot, wait_job
 ):
-    from napari_tomoseg.core.measure.report import best_step_scores, held_out_comparison
+    from napari_tomoseg.core.measure.report import held_out_comparison, trained_scores
 
     viewer, w = three_slices
     layer = viewer.layers["annotations"]
@@ -298,7 +298,7 @@ def test_before_after_and_the_next_run_starts_from_the_fine_tuned_model(
         first.start_validation,
         first.validation,
         first.kept,
-        best_step_scores(first.history, names),
+        trained_scores(first.history, names),
     )
     lines = w.summary.value.splitlines()
     assert lines[0].startswith("fine-tuned 1: 4 steps") and "from the bundled model" in lines[0]
@@ -310,7 +310,7 @@ def test_before_after_and_the_next_run_starts_from_the_fine_tuned_model(
         )
     else:
         assert lines[1].startswith(
-            f"Kept the starting model: no step beat it on the held-out voxels ({start_mean:.3f} vs"
+            f"Kept the starting model: training did not beat it on the held-out voxels ({start_mean:.3f} vs"
         )
     for name in names:
         assert f"{name} {first.start_validation[name]:.3f}" in lines[2]

@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     save_model(out, model, overwrite=args.overwrite)
     print(
         f"{result.steps} steps in {result.seconds:.1f} s ({result.voxels_seen / max(result.seconds, 1e-9) / 1e6:.2f} "
-        f"Mvox/s, stopped by {result.stopped}); best step {model.provenance['best_step']}; "
+        f"Mvox/s, stopped by {result.stopped}); kept {result.kept}; "
         f"total {time.perf_counter() - t_start:.1f} s -> {out}"
     )
     _print_held_out_scores(result, from_scratch=base is None)
@@ -173,16 +173,16 @@ def _held_out_words(plan: Any) -> str:
 
 def _print_held_out_scores(result: Any, *, from_scratch: bool) -> None:
     """The starting and the kept model's Jaccard on the held-out annotations, and which was kept."""
-    from napari_tomoseg.core.measure.report import best_step_scores, held_out_comparison
+    from napari_tomoseg.core.measure.report import held_out_comparison, trained_scores
 
     names = list(result.plan.phases.names)
-    steps_best = best_step_scores(result.history, names)
+    trained = trained_scores(result.history, names)
     if result.validation is not None:
         columns: dict[str, list[float]] = {}
         if result.start_validation is not None:
             columns["start"] = [result.start_validation[n] for n in names]
-        if result.kept == "start" and steps_best is not None:
-            columns["best step"] = [steps_best[n] for n in names]
+        if result.kept == "start" and trained is not None:
+            columns["trained"] = [trained[n] for n in names]
         else:
             columns["fine-tuned"] = [result.validation[n] for n in names]
         print("Jaccard on the held-out annotations:")
@@ -195,7 +195,7 @@ def _print_held_out_scores(result: Any, *, from_scratch: bool) -> None:
         else ""
     )
     for line in held_out_comparison(
-        result.start_validation, result.validation, result.kept, steps_best, start_scored=why
+        result.start_validation, result.validation, result.kept, trained, start_scored=why
     ):
         print(line)
 

@@ -27,7 +27,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from napari_tomoseg._napari.advanced import threads_box
+from napari_tomoseg._napari.advanced import Advanced, threads_box
 from napari_tomoseg._napari.devices import DEVICES
 from napari_tomoseg._napari.docking import tabify_docks
 from napari_tomoseg._napari.files import remember_model
@@ -160,15 +160,13 @@ class FinetuneWidget(Container):
                 self.validation,
                 self.held_out,
                 budget_row,
-                self.learning_rate,
-                self.validate_every,
-                self.augment,
-                self.device,
-                self.threads,
             ]
         )
         form.margins = (0, 0, 0, 0)
-        super().__init__(widgets=[form, self.controls], labels=False)
+        self.advanced = Advanced(
+            [self.learning_rate, self.validate_every, self.augment, self.device, self.threads]
+        )
+        super().__init__(widgets=[form, self.advanced, self.controls], labels=False)
         tabify_docks(self)
         # magicgui has no plot widget: the matplotlib canvas is embedded as a Qt widget.
         self.plot = TrainingPlot(viewer=napari_viewer)
@@ -376,7 +374,7 @@ class FinetuneWidget(Container):
         return f"fine-tuned {n}"
 
     def _finished(self, result: Any, ann_layer: Any = None, start_name: str = "") -> None:
-        from napari_tomoseg.core.measure.report import best_step_scores, held_out_comparison
+        from napari_tomoseg.core.measure.report import held_out_comparison, trained_scores
 
         if result.start_validation is not None:
             self.plot.add_start(list(result.start_validation.values()))
@@ -404,7 +402,7 @@ class FinetuneWidget(Container):
             result.start_validation,
             result.validation,
             result.kept,
-            best_step_scores(result.history, names),
+            trained_scores(result.history, names),
             start_scored=not_scored,
         )
         first = (

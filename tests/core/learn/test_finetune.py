@@ -306,7 +306,7 @@ def test_steps_that_only_hurt_return_the_starting_model_unchanged(phantom, base)
     assert result.model.provenance["best_step"] == 0
     assert result.start_validation is not None
     assert result.validation == pytest.approx(result.start_validation)
-    assert any("no step beat the starting model" in n for n in result.notes)
+    assert any("training did not beat the starting model" in n for n in result.notes)
     # The returned model predicts what the base predicts (up to float rounding of the folded norms).
     infer = InferenceConfig(axis="z", mode="2d")
     wide = segment_volume(phantom.volume, result.model, InferenceConfig(axis="z")).labels

@@ -244,7 +244,7 @@ def test_held_out_mask_trained_on_voxels_and_the_baseline_fitted_outside():
 def test_held_out_comparison_says_which_model_was_kept():
     from types import SimpleNamespace
 
-    from napari_tomoseg.core.measure.report import best_step_scores, held_out_comparison
+    from napari_tomoseg.core.measure.report import held_out_comparison, trained_scores
 
     start = {"matrix": 0.9, "fibre": 0.8}
     better = {"matrix": 0.95, "fibre": 0.85}
@@ -256,14 +256,14 @@ def test_held_out_comparison_says_which_model_was_kept():
         SimpleNamespace(validation=(0.7, 0.8)),
         SimpleNamespace(validation=(0.8, float("nan"))),
     ]
-    best = best_step_scores(history, ["matrix", "fibre"])
+    best = trained_scores(history, ["matrix", "fibre"])  # the last validation
     assert best == {"matrix": 0.8, "fibre": pytest.approx(float("nan"), nan_ok=True)}
     lines = held_out_comparison(start, start, "start", best)
     assert lines[0].startswith(
-        "Kept the starting model: no step beat it on the held-out voxels (0.850 vs best 0.800)"
+        "Kept the starting model: training did not beat it on the held-out voxels (0.850 vs trained 0.800)"
     )
     assert "annotate where it is wrong and fine-tune again" in lines[0]
-    assert best_step_scores(history[:1], ["matrix", "fibre"]) is None
+    assert trained_scores(history[:1], ["matrix", "fibre"]) is None
     lines = held_out_comparison(None, better, "fine-tuned", start_scored="its output layer is new")
     assert (
         lines[0]

@@ -194,7 +194,7 @@ class FinetuneResult:
     history: list[Any] = field(default_factory=list)
     #: Per-phase held-out Jaccard of the starting model (the base, before any step), if it was scored.
     start_validation: dict[str, float] | None = None
-    #: ``"fine-tuned"``, or ``"start"`` when no step beat the starting model on the held-out voxels.
+    #: ``"fine-tuned"``, or ``"start"`` when training did not beat the starting model on the held-out voxels.
     kept: Literal["fine-tuned", "start"] = "fine-tuned"
     #: Exactly which voxels were held out of training (see :func:`held_out_voxels`), or None.
     held_out: dict[str, Any] | None = None
@@ -789,7 +789,7 @@ def iter_finetune(
     kept: Literal["fine-tuned", "start"] = "start" if result.kept_start else "fine-tuned"
     if kept == "start":
         notes.append(
-            f"no step beat the starting model on the held-out voxels (mean Jaccard "
+            f"training did not beat the starting model on the held-out voxels (mean Jaccard "
             f"{_mean(start_scores):.3f}): it is returned unchanged; annotate more, or where it is "
             "wrong, and fine-tune again"
         )

@@ -21,7 +21,6 @@ from napari_tomoseg.core.measure.inputs import json_number
 from napari_tomoseg.core.phases import PhaseTable
 
 __all__ = [
-    "best_step_scores",
     "build_report",
     "evaluation_text",
     "format_cell",
@@ -29,6 +28,7 @@ __all__ = [
     "report_csv",
     "table_to_csv",
     "trained_on_warning",
+    "trained_scores",
 ]
 
 
@@ -132,22 +132,22 @@ def format_cell(value: Any, column: str) -> str:
     return f"{value:.4f}"
 
 
-def best_step_scores(history: Sequence[Any], names: Sequence[str]) -> dict[str, float] | None:
-    """Per-phase held-out Jaccard of the best validated step of a training history (events with a
-    ``validation`` tuple), or None when no step was validated."""
-    best: tuple[float, ...] | None = None
+def trained_scores(history: Sequence[Any], names: Sequence[str]) -> dict[str, float] | None:
+    """Per-phase held-out Jaccard of the trained weights: the last validation of a training history
+    (events with a ``validation`` tuple; a run closes with one), or None when none was validated."""
+    last: tuple[float, ...] | None = None
     for event in history:
         v = getattr(event, "validation", None)
-        if v is not None and (best is None or _mean(v) > _mean(best)):
-            best = tuple(v)
-    return None if best is None else {n: float(x) for n, x in zip(names, best, strict=True)}
+        if v is not None:
+            last = tuple(v)
+    return None if last is None else {n: float(x) for n, x in zip(names, last, strict=True)}
 
 
 def held_out_comparison(
     start: dict[str, float] | None,
     final: dict[str, float] | None,
     kept: str,
-    steps_best: dict[str, float] | None = None,
+    trained: dict[str, float] | None = None,
     *,
     start_scored: str = "",
 ) -> list[str]:
@@ -159,8 +159,8 @@ def held_out_comparison(
         The starting model's scores (before any step) and the returned model's.
     kept : {"fine-tuned", "start"}
         Which model the run returned.
-    steps_best : per-phase Jaccard, optional
-        The best step's scores (what lost, when the starting model was kept).
+    trained : per-phase Jaccard, optional
+        The trained weights' scores (what lost, when the starting model was kept).
     start_scored : str
         Why the starting model was not scored, when ``start`` is None.
     """
@@ -173,13 +173,13 @@ def held_out_comparison(
             "per phase: " + ", ".join(f"{n} {_score(v)}" for n, v in final.items()),
         ]
     if kept == "start":
-        lost = steps_best or {}
-        vs = f" vs best {_mean(lost.values()):.3f}" if lost else ""
+        lost = trained or {}
+        vs = f" vs trained {_mean(lost.values()):.3f}" if lost else ""
         return [
-            f"Kept the starting model: no step beat it on the held-out voxels "
+            f"Kept the starting model: training did not beat it on the held-out voxels "
             f"({_mean(start.values()):.3f}{vs}) — annotate where it is wrong and fine-tune again",
             "per phase (start"
-            + (" vs best step" if lost else "")
+            + (" vs trained" if lost else "")
             + "): "
             + ", ".join(
                 f"{n} {_score(v)}" + (f" vs {_score(lost[n])}" if n in lost else "")
