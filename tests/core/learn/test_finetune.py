@@ -10,6 +10,7 @@ import torch
 
 from napari_tomoseg.core.learn.finetune import (
     HOLDOUT,
+    MIN_RANKING_VOXELS,
     FinetuneConfig,
     band_mask,
     finetune,
@@ -374,3 +375,19 @@ def test_a_budget_shorter_than_one_step_makes_one_step_with_a_note(phantom, base
     result = finetune(phantom.volume, ann, base=base, config=replace(FAST, steps=None, budget=1e-3))
     assert result.steps == 1 and result.stopped == "budget"
     assert any("shorter than one training step" in n for n in result.notes)
+
+
+def test_phases_with_too_few_held_out_voxels_do_not_decide_which_model_is_kept(
+    phantom, base
+) -> None:
+    ann = annotate(phantom.labels, [8])  # one 64x64 slice: a band of a few hundred voxels
+    plan = plan_finetune(ann.shape, ann, base=base)
+    band = band_mask(ann[8]) & (ann[8] > 0)
+    held = np.bincount(ann[8][band], minlength=4)[1:]
+    assert plan.validation == "band" and (held < MIN_RANKING_VOXELS).any()
+    result = finetune(phantom.volume, ann, base=base, config=FAST)
+    few = [n for n, c in zip(base.phases.names, held, strict=True) if 0 < c < MIN_RANKING_VOXELS]
+    assert any(
+        "too few held-out voxels" in note and all(name in note for name in few)
+        for note in result.notes
+    )

@@ -279,6 +279,7 @@ def iter_train(
     *,
     validate: Callable[[nn.Module], Sequence[float]] | None = None,
     validate_start: bool = False,
+    rank: Callable[[Sequence[float]], float] | None = None,
     cancel: CancelToken | None = None,
     device: torch.device | str = "cpu",
     started: float | None = None,
@@ -289,7 +290,8 @@ def iter_train(
     at the end; the weights with the best mean are kept. With ``validate_start`` the network is also
     scored before the first step, and kept if no step beats it (``best_step == 0``): training never
     returns something worse, on the held-out voxels, than what it was given. Without ``validate`` the
-    last weights are kept.
+    last weights are kept. ``rank(scores) -> float`` ranks two validations (default: the mean over
+    the phases).
 
     ``config.budget`` counts from ``started`` (a ``time.perf_counter()`` value; default: now), so a
     caller's preparation is part of the budget; a step (and the closing validation) is only started
@@ -311,6 +313,7 @@ def iter_train(
     # boundary voxels towards the rarer phase, so fully labelled data may prefer power 0.
     ce_weight = phase_weights(counts, config.class_weight_power).to(device)
     workers = config.workers or default_workers(device, config.batch_size)
+    rank = rank or _nanmean
     t0 = time.perf_counter() if started is None else started
     best_state = copy.deepcopy(network.state_dict())
     best_mean, best_val, best_step, since_best = -math.inf, None, 0, 0
@@ -354,7 +357,7 @@ def iter_train(
             scores = tuple(float(s) for s in validate(network))
         network.train()
         validation_seconds = time.perf_counter() - tv
-        m = _nanmean(scores)
+        m = rank(scores)
         if m > best_mean:
             best_mean, since_best = m, 0
             if config.keep == "best" or step == 0:
@@ -436,7 +439,7 @@ def iter_train(
     if validate is None or (
         config.keep == "last"
         and last is not None
-        and (start_val is None or _nanmean(last) >= _nanmean(start_val))
+        and (start_val is None or rank(last) >= rank(start_val))
     ):
         best_state, best_step, best_val = copy.deepcopy(network.state_dict()), step, last
     network.load_state_dict(best_state)
