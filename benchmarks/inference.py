@@ -119,7 +119,8 @@ def run_monai(
 
 
 # A timing process of --busy-neighbour: napari_tomoseg first (it sets the OpenMP waiting before
-# torch loads), then one segmentation of the sample per line read, its seconds written back.
+# torch loads), then one segmentation of the sample per line read (threads chosen at its start, as
+# the CLI and the widgets' jobs do), its seconds written back.
 _TIMER = """
 import sys, time
 import napari_tomoseg
@@ -134,6 +135,7 @@ segmenter.plan(volume[:8]).segment()
 print(threads, flush=True)
 for line in sys.stdin:
     t0 = time.perf_counter()
+    configure_threads(int(sys.argv[1]) if sys.argv[1] != "default" else None)  # as each job does
     segmenter.plan(volume).segment()
     print(time.perf_counter() - t0, flush=True)
 """

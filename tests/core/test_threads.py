@@ -75,11 +75,30 @@ def test_importing_the_package_sets_the_waiting_but_keeps_the_users() -> None:
 def test_default_is_cut_to_the_usable_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads_mod, "idle_cpus", lambda: None)
     monkeypatch.setattr(threads_mod, "_torch_default", 8)
     monkeypatch.setattr(threads_mod, "available_cpus", lambda: 3)
     assert default_threads() == 3
     monkeypatch.setattr(threads_mod, "available_cpus", lambda: 16)
     assert default_threads() == 8  # never more than torch's own choice (its physical cores)
+
+
+def test_default_leaves_the_cores_busy_programs_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads_mod, "_torch_default", 2)
+    monkeypatch.setattr(threads_mod, "available_cpus", lambda: 2)
+    monkeypatch.setattr(threads_mod, "idle_cpus", lambda: 1.9)
+    assert default_threads() == 2
+    monkeypatch.setattr(threads_mod, "idle_cpus", lambda: 1.1)  # a neighbour on one core
+    assert default_threads() == 1
+    monkeypatch.setattr(threads_mod, "idle_cpus", lambda: 0.0)  # all taken: still one thread
+    assert default_threads() == 1
+
+
+def test_idle_cpus_reads_the_machine() -> None:
+    idle = threads_mod.idle_cpus(0.05)
+    assert idle is None or 0.0 <= idle <= (os.cpu_count() or 1) + 1e-9
 
 
 def test_default_keeps_a_users_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -97,7 +97,8 @@ def threads_box(work: str) -> SpinBox:
         value=0,
         min=0,
         max=max(1, os.cpu_count() or 1),
-        tooltip=f"Threads the network {work} with on the CPU; auto: the cores napari may use. "
+        tooltip=f"Threads the network {work} with on the CPU; auto: the cores napari may use that "
+        "are idle when the run starts. "
         "Fewer leave cores free for other programs. Applies to this run and later ones; a run "
         "already going keeps its own.",
     )

@@ -2,7 +2,8 @@
 
 ``import napari_tomoseg`` -> :func:`set_openmp_waiting` (environment, before torch loads OpenMP)
 front end (``--threads``, the widgets' "CPU threads") -> :func:`configure_threads` -> torch's count
-:func:`default_threads`: the CPUs this process may use (affinity, cgroup quota), capped by torch's own.
+:func:`default_threads`: the CPUs this process may use (affinity, cgroup quota) and that are idle now,
+capped by torch's own.
 
 Why the waiting matters: torch's CPU kernels split each operation evenly over its threads and wait
 for the last one. When another program is busy on one core, the torch thread sharing that core runs
@@ -29,6 +30,7 @@ __all__ = [
     "available_cpus",
     "configure_threads",
     "default_threads",
+    "idle_cpus",
     "set_openmp_waiting",
 ]
 
@@ -104,13 +106,36 @@ def _cgroup_quota() -> float | None:
     return quota / period if quota > 0 and period > 0 else None
 
 
+def idle_cpus(seconds: float = 0.1) -> float | None:
+    """How many of the machine's CPUs no process used over the next ``seconds`` (``/proc/stat``),
+    or None where that cannot be read."""
+    import time
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, everything
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (idle1 - idle0) / (total1 - total0)
+
+
 def default_threads() -> int:
     """Torch's thread count when the user gives none.
 
     Torch's own choice (its physical cores, or ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``), cut to
     :func:`available_cpus` unless one of those variables was set: torch counts every core of the
     machine even when the process may use only a few, and threads beyond the usable cores wait for
-    each other on shared cores.
+    each other on shared cores. Then cut to the cores idle right now (:func:`idle_cpus`, rounded,
+    at least 1): torch splits every operation evenly over its threads, so a thread sharing its core
+    with a busy program makes every operation wait for it; on two cores with one taken, one thread
+    is faster than two.
     """
     import torch
 
@@ -119,7 +144,11 @@ def default_threads() -> int:
         _torch_default = int(torch.get_num_threads())
     if any(name in os.environ for name in _USER_THREAD_SETTINGS):
         return _torch_default
-    return max(1, min(_torch_default, available_cpus()))
+    n = max(1, min(_torch_default, available_cpus()))
+    idle = idle_cpus()
+    if idle is not None:
+        n = max(1, min(n, math.floor(idle + 0.5)))
+    return n
 
 
 def configure_threads(threads: int | None = None) -> int:
