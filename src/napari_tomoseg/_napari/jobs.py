@@ -329,6 +329,8 @@ class JobControls(Container):
         buttons.margins = (0, 0, 0, 0)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
+        # Two lines stay readable when a full dock squeezes its widgets.
+        self.status.native.setMinimumHeight(2 * self.status.native.fontMetrics().lineSpacing() + 4)
         super().__init__(widgets=[buttons, self.status], labels=False)
         self.margins = (0, 0, 0, 0)
         self.stop_button.changed.connect(runner.stop)

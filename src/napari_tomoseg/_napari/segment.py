@@ -179,7 +179,17 @@ class SegmentWidget(Container):
             "average the probabilities: fewer isolated wrong voxels and ragged boundaries, 8 "
             "times the network time. Set from the model.",
         )
-        self.advanced = Advanced([self.tta, self.threads], text="Advanced options")
+        self.advanced = Advanced(
+            [
+                _row("Device", self.device, self.devices_found),
+                self.tile,
+                self.overlap,
+                self.memory,
+                self.tta,
+                self.threads,
+            ],
+            text="Advanced options",
+        )
         self.preview = PushButton(
             text="Preview slice",
             tooltip="Segment the slice on screen and estimate the time for the whole volume",
@@ -196,10 +206,6 @@ class SegmentWidget(Container):
                 _row("Mask", self.mask, self.detect_fov),
                 self.mode,
                 self.axis,
-                _row("Device", self.device, self.devices_found),
-                self.tile,
-                self.overlap,
-                self.memory,
                 self.ring_removal,
                 self.keep_uncertainty,
             ]
