@@ -29,6 +29,7 @@ from napari_tomoseg._cli.common import (
     set_threads,
     voxel_size_option,
 )
+from napari_tomoseg.core.learn.finetune import FinetuneConfig
 from napari_tomoseg.core.model.modes import TRAIN_MODES
 
 
@@ -53,7 +54,7 @@ def _keep_slices(annotations: np.ndarray, axis: int, indices: list[int]) -> np.n
 def run(args: argparse.Namespace) -> int:
     """Fine-tune, save the model and print the validation table."""
     from napari_tomoseg.core import io
-    from napari_tomoseg.core.learn.finetune import FinetuneConfig, plan_finetune
+    from napari_tomoseg.core.learn.finetune import plan_finetune
     from napari_tomoseg.core.model import save_model
     from napari_tomoseg.core.phases import PhaseTable
 
@@ -295,7 +296,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--patience", type=int, help="stop after this many validations without improvement"
     )
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=FinetuneConfig.learning_rate,
+        help=f"peak learning rate (default {FinetuneConfig.learning_rate:g})",
+    )
     p.add_argument("--optimizer", choices=["adamw", "adabelief"], default="adamw")
     p.add_argument("--no-augment", action="store_true", help="no dihedral/intensity augmentation")
     p.add_argument("--seed", type=int, default=0)

@@ -37,6 +37,7 @@ from napari_tomoseg._napari.models import BUNDLED, MEMORY, ModelChooser, bundled
 from napari_tomoseg._napari.notify import notify_error, notify_info, notify_warning
 from napari_tomoseg._napari.plots import TrainingPlot
 from napari_tomoseg._napari.state import HELD_OUT_KEY, held_out_metadata, state_for
+from napari_tomoseg.core.learn.finetune import FinetuneConfig
 
 if TYPE_CHECKING:
     import napari
@@ -127,7 +128,11 @@ class FinetuneWidget(Container):
         )
         budget_row.margins = (0, 0, 0, 0)
         self.learning_rate = FloatSpinBox(
-            label="Learning rate", value=1e-3, min=1e-5, max=1.0, step=1e-4
+            label="Learning rate",
+            value=FinetuneConfig.learning_rate,
+            min=1e-5,
+            max=1.0,
+            step=1e-4,
         )
         self.learning_rate.native.setDecimals(5)
         self.validate_every = SpinBox(
@@ -271,7 +276,7 @@ class FinetuneWidget(Container):
         annotations = np.array(annotations, dtype=np.uint8, copy=True)
 
         def plan_job(token: Any) -> Generator[None, None, Any]:
-            from napari_tomoseg.core.learn.finetune import FinetuneConfig, plan_finetune
+            from napari_tomoseg.core.learn.finetune import plan_finetune
 
             yield from ()
             config = FinetuneConfig(**kwargs)

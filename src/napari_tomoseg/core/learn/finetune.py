@@ -34,6 +34,9 @@ HOLDOUT = 0.1
 #: Held-out voxels a phase needs for its Jaccard to rank two models (the standard error of a
 #: Jaccard of 0.8 on n voxels is about 0.4 / sqrt(n): 0.04 on 100 voxels).
 MIN_RANKING_VOXELS = 100
+#: Annotations covering less than this share of their slices are sparse (strokes): the phase shares
+#: the loss assumes are then those of the slices (estimated), not the annotations' own.
+SPARSE = 0.5
 #: Smallest slice edge worth training on.
 MIN_PLANE = 16
 #: How a 2D base model's first kernels are spread over the slices of a 2.5D fine-tuned model.
@@ -66,7 +69,9 @@ class FinetuneConfig:
         the fewest slices.
     seed : int
     crop, batch_size : int
-        Training crop edge (multiple of 8) and crops per step.
+        Training crop edge (multiple of 8) and crops per step. On the shifted-domain benchmark
+        (3 slices) 4 crops per step at a learning rate of 1.5e-3 made twice the steps of 8 crops at
+        1e-3 in the same time and ended as good or better (30 s: +0.004 to +0.007; 120 s: +0.003).
     loss : {"jaccard", "jaccard+ce"}
     class_weight_power : float
         Cross-entropy weights ``frequency ** -power``: 0.5 lifts rare phases learnt from few voxels.
@@ -101,7 +106,7 @@ class FinetuneConfig:
 
     budget: float | None = 120.0
     steps: int | None = None
-    learning_rate: float = 1e-3
+    learning_rate: float = 1.5e-3
     optimizer: Literal["adamw", "adabelief"] = "adamw"
     augment: bool = True
     validation: Validation = "auto"
@@ -109,7 +114,7 @@ class FinetuneConfig:
     axis: int | None = None
     seed: int = 0
     crop: int = 128
-    batch_size: int = 8
+    batch_size: int = 4
     loss: Literal["jaccard", "jaccard+ce"] = "jaccard+ce"
     class_weight_power: float = 0.5
     rare_fraction: float = 0.3
@@ -659,45 +664,79 @@ def _ranking(labels: list[npt.NDArray[np.uint8]], n_phases: int) -> tuple[Any, l
     return rank, few
 
 
+def _predict_labels(
+    network: Any, image: npt.NDArray[np.float32], n_phases: int, device: Any
+) -> npt.NDArray[np.uint8]:
+    """Phase ids (1..C) ``network`` predicts for a slice's image stack ``(k, y, x)``."""
+    import torch
+
+    from napari_tomoseg.core.segment import predict_tiled, resolve_precision
+
+    dtype = resolve_precision("auto", torch.device(device))
+
+    def predict(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        with (
+            torch.inference_mode(),
+            torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32),
+        ):
+            logits = network(torch.from_numpy(batch).to(device))
+        return torch.softmax(logits.float(), 1).cpu().numpy()
+
+    probs = predict_tiled(
+        image[None],
+        predict,
+        n_out=n_phases,
+        tile=512,
+        overlap=32,
+        batch_size=1,
+        multiple=network.cfg.multiple,
+    )[0]
+    return (np.argmax(probs, axis=0) + 1).astype(np.uint8)
+
+
 def _validator(
     pairs: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]],
     n_phases: int,
     device: Any,
 ) -> Any:
     """``validate(network) -> per-phase Jaccard`` on the held-out annotations."""
-    import torch
-
     from napari_tomoseg.core.measure.metrics import ConfusionAccumulator
-    from napari_tomoseg.core.segment import predict_tiled, resolve_precision
-
-    dtype = resolve_precision("auto", torch.device(device))
 
     def validate(network: Any) -> list[float]:
-        def predict(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-            with (
-                torch.inference_mode(),
-                torch.autocast(
-                    torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32
-                ),
-            ):
-                logits = network(torch.from_numpy(batch).to(device))
-            return torch.softmax(logits.float(), 1).cpu().numpy()
-
         acc = ConfusionAccumulator(n_phases)
         for image, labels in pairs:
-            probs = predict_tiled(
-                image[None],
-                predict,
-                n_out=n_phases,
-                tile=512,
-                overlap=32,
-                batch_size=1,
-                multiple=network.cfg.multiple,
-            )[0]
-            acc.update(np.argmax(probs, axis=0).astype(np.uint8) + 1, labels)
+            acc.update(_predict_labels(network, image, n_phases, device), labels)
         return [float(v) for v in acc.jaccard()]
 
     return validate
+
+
+def _slice_prior(
+    network: Any, volumes: list[Any], n_phases: int, device: Any
+) -> tuple[float, ...] | None:
+    """Phase shares of the annotated slices when the annotations are sparse (strokes), else None.
+
+    Annotated voxels count as annotated; the rest as ``network`` (the starting model) predicts them.
+    Strokes through every phase over-represent the rare ones; whole slices need no estimate.
+    """
+    labelled = sum(int((v.labels > 0).sum()) for v in volumes)
+    plane = sum(v.labels[0].size for v in volumes)  # one labelled plane per training slice
+    if labelled >= SPARSE * plane:
+        return None
+    counts = np.zeros(n_phases + 1, np.int64)
+    was_training = network.training
+    network.eval()
+    try:
+        for v in volumes:
+            centre = v.labels.shape[0] // 2
+            labels = v.labels[centre]
+            filled = np.where(
+                labels > 0, labels, _predict_labels(network, v.image, n_phases, device)
+            )
+            counts += np.bincount(filled.ravel(), minlength=n_phases + 1)
+    finally:
+        network.train(was_training)
+    return tuple(float(c) / max(1, int(counts[1:].sum())) for c in counts[1:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -792,6 +831,10 @@ def iter_finetune(
         keep=config.keep,
     )
     validate = _validator(val_pairs, n, dev) if val_pairs else None
+    if net_cfg.ndim == 2 and base is not None and not plan.replace_head:
+        prior = _slice_prior(model.network.to(dev), train_volumes, n, dev)
+        if prior is not None:
+            train_config = replace(train_config, class_prior=prior)
     rank, few = _ranking([labels for _, labels in val_pairs], n)
     if validate is not None and few:
         plan = replace(

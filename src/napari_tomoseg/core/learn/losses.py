@@ -123,3 +123,27 @@ def phase_weights(counts: torch.Tensor | list[int], power: float = 0.5) -> torch
     if present.any():
         w = w / w[present].mean()
     return w.float()
+
+
+def prior_corrected_weights(
+    counts: torch.Tensor | list[int], prior: torch.Tensor | list[float], power: float = 0.5
+) -> torch.Tensor:
+    """Per-phase weights for annotations whose phase shares differ from the volume's (``prior``).
+
+    Strokes are painted through every phase, so a phase filling 0.5 % of a slice can hold a tenth of
+    the annotated voxels; a loss weighted by the annotations' own shares then learns that phase as
+    20x more common than it is, and grows it into its surroundings. Each phase's weight is
+    :func:`phase_weights` of the ``prior`` times ``prior / annotated share``: the weighted loss is
+    the one whole slices of that prior would give. Equal to ``phase_weights(counts, power)`` when the
+    annotations have the prior's shares (whole slices).
+    """
+    c = torch.as_tensor(counts, dtype=torch.float64)
+    share = c / c.sum().clamp(min=1)
+    pi = torch.as_tensor(prior, dtype=torch.float64)
+    pi = pi / pi.sum().clamp(min=1e-12)
+    pi = torch.where(share > 0, pi.clamp(min=1e-6), torch.zeros_like(pi))
+    w = torch.where(share > 0, pi ** (1 - power) / share.clamp(min=1e-12), torch.zeros_like(share))
+    present = w > 0
+    if present.any():
+        w = w / w[present].mean()
+    return w.float()

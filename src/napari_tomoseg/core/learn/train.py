@@ -23,7 +23,7 @@ from torch import nn
 
 from napari_tomoseg.core.checks import check_finite
 from napari_tomoseg.core.learn.augment import random_dihedral, random_intensity
-from napari_tomoseg.core.learn.losses import phase_weights
+from napari_tomoseg.core.learn.losses import phase_weights, prior_corrected_weights
 from napari_tomoseg.core.progress import CancelToken, run_to_completion
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,9 @@ class TrainConfig:
     workers: int | None = None
     #: Weights returned: ``"best"`` validated, or ``"last"`` (unless the starting ones score better).
     keep: Literal["best", "last"] = "best"
+    #: Phase shares of the slices the annotations were drawn from, when they differ from the
+    #: annotations' own (strokes): the cross-entropy is weighted as whole slices would weigh it.
+    class_prior: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.keep not in ("best", "last"):
@@ -311,7 +314,13 @@ def iter_train(
     counts = torch.as_tensor(sampler.counts)
     # Frequency ** -power weights lift rare phases in sparse annotations; they also push ambiguous
     # boundary voxels towards the rarer phase, so fully labelled data may prefer power 0.
-    ce_weight = phase_weights(counts, config.class_weight_power).to(device)
+    if config.class_prior is None:
+        ce_weight = phase_weights(counts, config.class_weight_power)
+    else:
+        ce_weight = prior_corrected_weights(
+            counts, list(config.class_prior), config.class_weight_power
+        )
+    ce_weight = ce_weight.to(device)
     workers = config.workers or default_workers(device, config.batch_size)
     rank = rank or _nanmean
     t0 = time.perf_counter() if started is None else started
