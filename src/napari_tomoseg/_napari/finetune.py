@@ -48,7 +48,7 @@ __all__ = ["ANNOTATIONS", "VALIDATION", "FinetuneWidget", "parse_slices"]
 
 #: The validation choices of the form: (label, ``FinetuneConfig.validation``).
 VALIDATION = (
-    ("auto (a band of each slice, or every 5th slice)", "auto"),
+    ("auto (a band of each slice, or a tenth of the slices)", "auto"),
     ("a band of every annotated slice", "band"),
     ("these slices:", "slices"),
     ("none (keep the last weights)", "none"),

@@ -21,6 +21,7 @@ from napari_tomoseg.core.learn.finetune import (
 from napari_tomoseg.core.measure.metrics import jaccard_per_phase
 from napari_tomoseg.core.model import bundled_model_path, load_model
 from napari_tomoseg.core.phantom.composite import PhantomConfig, make_phantom
+from napari_tomoseg.core.phantom.strokes import stroke_annotations
 from napari_tomoseg.core.phases import PhaseTable
 from napari_tomoseg.core.progress import CancelToken
 from napari_tomoseg.core.segment import InferenceConfig, segment_volume
@@ -394,3 +395,33 @@ def test_phases_with_too_few_held_out_voxels_do_not_decide_which_model_is_kept(
         "too few held-out voxels" in note and all(name in note for name in few)
         for note in result.notes
     )
+
+
+def test_sparse_strokes_get_the_slices_phase_shares_whole_slices_their_own(phantom, base) -> None:
+    from napari_tomoseg.core.learn.finetune import _slice_prior
+    from napari_tomoseg.core.learn.train import AnnotatedVolume
+    from napari_tomoseg.core.prep.intensity import apply_range
+
+    z = 8
+    truth = phantom.labels[z]
+    low, high = base.normalization.volume_range(phantom.volume)
+    image = apply_range(phantom.volume[z : z + 1], low, high)  # the 2D model's one input plane
+    whole = AnnotatedVolume(image, truth[None])
+    assert _slice_prior(base.network, [whole], 3, "cpu") is None  # whole slices: their own shares
+
+    strokes = stroke_annotations(truth, fraction=0.1, seed=0)
+    prior = _slice_prior(base.network, [AnnotatedVolume(image, strokes[None])], 3, "cpu")
+    true = np.bincount(truth.ravel(), minlength=4)[1:] / truth.size
+    painted = np.bincount(strokes.ravel(), minlength=4)[1:] / (strokes > 0).sum()
+    assert prior is not None and abs(sum(prior) - 1) < 1e-9
+    # the estimate is much nearer the slice's shares than the strokes' own shares are
+    assert np.abs(np.array(prior) - true).sum() < 0.5 * np.abs(painted - true).sum()
+
+
+def test_strokes_that_miss_a_phase_report_it_as_not_learnt(phantom, base) -> None:
+    ann = np.zeros(phantom.labels.shape, np.uint8)
+    strokes = stroke_annotations(phantom.labels[8], fraction=0.1, seed=0)
+    ann[8] = np.where(strokes == 3, 0, strokes)  # no stroke through a pore
+    plan = plan_finetune(ann.shape, ann, base=base, phases=base.phases)
+    assert plan.phases is base.phases and not plan.replace_head
+    assert any("['pore']" in n and "not learnt" in n for n in plan.notes), plan.notes

@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_tomoseg.core.learn.losses import masked_cross_entropy, phase_weights, soft_jaccard_loss
+from napari_tomoseg.core.learn.losses import (
+    masked_cross_entropy,
+    phase_weights,
+    prior_corrected_weights,
+    soft_jaccard_loss,
+)
 
 
 def _logits_for(labels: torch.Tensor, n: int, scale: float = 50.0) -> torch.Tensor:
@@ -66,3 +71,27 @@ def test_phase_weights_inverse_sqrt_frequency():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="do not match"):
         soft_jaccard_loss(torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long))
+
+
+def test_prior_corrected_weights_equal_phase_weights_when_shares_match():
+    counts = [7000, 2500, 500]
+    prior = [0.70, 0.25, 0.05]
+    torch.testing.assert_close(
+        prior_corrected_weights(counts, prior, 0.5), phase_weights(counts, 0.5)
+    )
+
+
+def test_prior_corrected_weights_give_whole_slice_weighting_to_strokes():
+    # strokes: the pore holds 10 % of the annotated voxels but 0.5 % of the slice
+    strokes = torch.tensor([6000.0, 3000.0, 1000.0])
+    prior = torch.tensor([0.695, 0.30, 0.005])
+    w = prior_corrected_weights(strokes, prior, 0.5)
+    whole = phase_weights(prior * 1e6, 0.5)
+    # each phase's total weight (share x weight) is what whole slices of that prior would give
+    share = strokes / strokes.sum()
+    torch.testing.assert_close(
+        (share * w) / (share * w).sum(), (prior * whole) / (prior * whole).sum()
+    )
+    assert w[2] < w[0]  # the over-painted pore now weighs less per voxel than the matrix
+    # a phase absent from the annotations keeps weight 0
+    assert prior_corrected_weights([10, 0, 5], [0.5, 0.3, 0.2])[1] == 0

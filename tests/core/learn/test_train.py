@@ -148,3 +148,21 @@ def test_cancel_stops_and_returns_weights():
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)
+
+
+def test_validations_spread_over_the_run_not_every_n_steps():
+    net = ModularUNet(UNetConfig(base_filters=2))
+    calls = []
+
+    def validate(network):
+        calls.append(1)
+        return [0.5, 0.5, 0.5]
+
+    result = fit(
+        net,
+        CropSampler([_toy()], n_phases=3, crop=16, seed=0),
+        TrainConfig(crop=16, batch_size=2, steps=20, validate_every=None, validations=4),
+        validate=validate,
+    )
+    validated = [e.step for e in result.history if e.validation is not None]
+    assert validated == [5, 10, 15, 20] and len(calls) == 4

@@ -61,7 +61,7 @@ class FinetuneConfig:
     validation : {"auto", "slices", "band", "none"}
         What to hold out: ``slices`` holds out ``validation_slices``; ``band`` a band of every annotated
         slice (no slice is lost to training); ``auto`` is ``band`` with fewer than 5 annotated slices,
-        else every 5th annotated slice; ``none`` keeps the last weights.
+        else a tenth of the annotated slices (at least one, evenly spread); ``none`` keeps the last weights.
     validation_slices : tuple of int
         Indices along ``axis`` to hold out when ``validation="slices"``.
     axis : int or None
@@ -265,9 +265,17 @@ def _phase_table(
             )
         missing = [p.name for p in phases.phases if p.id not in present]
         if missing:
+            had = base_phases is not None and len(base_phases) == len(phases)
             notes.append(
-                f"phases {missing} have no annotated voxel: the model learns them from nothing "
-                "and will rarely predict them; annotate a few voxels of each"
+                f"phases {missing} have no annotated voxel and are not learnt from these "
+                "annotations: "
+                + (
+                    "the model keeps only what its base model knew of them and may predict "
+                    "them less; "
+                    if had
+                    else "the model will rarely predict them; "
+                )
+                + "annotate a few voxels of each"
             )
         table = phases
     else:
@@ -278,8 +286,8 @@ def _phase_table(
             # ids 1..C must stay contiguous, so keep the base table rather than invent one.
             table = base_phases
             notes.append(
-                f"phases {[base_phases.phases[i - 1].name for i in gaps]} are not annotated; "
-                "the base model's phase table is kept"
+                f"phases {[base_phases.phases[i - 1].name for i in gaps]} are not annotated and "
+                "not learnt from these annotations; the base model's phase table is kept"
             )
         elif gaps:
             raise ValueError(
@@ -809,9 +817,6 @@ def iter_finetune(
         seed=config.seed,
         **sampler_kw,
     )
-    validate_every = config.validate_every
-    if validate_every is None:
-        validate_every = max(10, (config.steps or 400) // 12)
     train_config = TrainConfig(
         crop=sampler.crop,
         batch_size=config.batch_size,
@@ -820,7 +825,7 @@ def iter_finetune(
         steps=config.steps,
         budget=config.budget,
         warmup=min(20, max(1, (config.steps or 200) // 10)),
-        validate_every=validate_every,
+        validate_every=config.validate_every,
         patience=config.patience,
         rare_fraction=config.rare_fraction,
         class_weight_power=config.class_weight_power,

@@ -45,7 +45,10 @@ class TrainConfig:
     steps: int | None = None
     budget: float | None = None
     warmup: int = 50
-    validate_every: int = 100
+    #: Steps between validations; None spreads ``validations`` evenly over the run (its steps or
+    #: its budget), so a run that makes more steps in its time does not validate more often.
+    validate_every: int | None = 100
+    validations: int = 12
     patience: int | None = None
     rare_fraction: float = 0.3
     class_weight_power: float = 0.5
@@ -65,6 +68,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.keep not in ("best", "last"):
             raise ValueError(f"TrainConfig.keep must be 'best' or 'last', got {self.keep!r}")
+        if self.validate_every is not None and self.validate_every < 1:
+            raise ValueError(
+                f"TrainConfig.validate_every must be >= 1 step or None, got {self.validate_every}"
+            )
+        if self.validations < 1:
+            raise ValueError(f"TrainConfig.validations must be >= 1, got {self.validations}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"TrainConfig.workers must be >= 1 or None, got {self.workers}")
         if self.optimizer not in ("adamw", "adabelief"):
@@ -340,6 +349,18 @@ def iter_train(
             fr.append((time.perf_counter() - t0) / config.budget)
         return min(1.0, max(fr))
 
+    spread = 0  # validations spread over the run so far (``validate_every=None``)
+
+    def validation_due() -> bool:
+        nonlocal spread
+        if config.validate_every is not None:
+            return step % config.validate_every == 0
+        due = int(progress_fraction() * config.validations + 1e-9)
+        if due <= spread:
+            return False
+        spread = due
+        return True
+
     def out_of_time() -> bool:
         """Would the next step (and the validation closing the run) end past the budget?"""
         if not config.budget or step == 0:
@@ -409,11 +430,7 @@ def iter_train(
             step += 1
             voxels += int(y.numel())
             step_seconds = time.perf_counter() - ts
-            val = (
-                do_validate()
-                if validate is not None and step % config.validate_every == 0
-                else None
-            )
+            val = do_validate() if validate is not None and validation_due() else None
             elapsed = time.perf_counter() - t0
             frac = progress_fraction()
             event = TrainProgress(
