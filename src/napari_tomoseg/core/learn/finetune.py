@@ -61,7 +61,8 @@ class FinetuneConfig:
     validation : {"auto", "slices", "band", "none"}
         What to hold out: ``slices`` holds out ``validation_slices``; ``band`` a band of every annotated
         slice (no slice is lost to training); ``auto`` is ``band`` with fewer than 5 annotated slices,
-        else a tenth of the annotated slices (at least one, evenly spread); ``none`` keeps the last weights.
+        else a tenth of the annotated slices (at least one, evenly spread); ``none`` keeps the last
+        weights.
     validation_slices : tuple of int
         Indices along ``axis`` to hold out when ``validation="slices"``.
     axis : int or None
