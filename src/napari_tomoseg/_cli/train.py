@@ -196,7 +196,12 @@ def _print_held_out_scores(result: Any, *, from_scratch: bool) -> None:
         else ""
     )
     for line in held_out_comparison(
-        result.start_validation, result.validation, result.kept, trained, start_scored=why
+        result.start_validation,
+        result.validation,
+        result.kept,
+        trained,
+        start_scored=why,
+        compared=result.compared,
     ):
         print(line)
 

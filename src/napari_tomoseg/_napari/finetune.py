@@ -409,6 +409,7 @@ class FinetuneWidget(Container):
             result.kept,
             trained_scores(result.history, names),
             start_scored=not_scored,
+            compared=result.compared,
         )
         first = (
             f"{self.model_name}: {result.steps} steps in {result.seconds:.0f} s ({result.stopped})"

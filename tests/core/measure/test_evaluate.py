@@ -270,3 +270,24 @@ def test_held_out_comparison_says_which_model_was_kept():
         == "held-out Jaccard 0.900 (the starting model was not scored: its output layer is new)"
     )
     assert held_out_comparison(None, None, "fine-tuned")[0].startswith("no held-out voxels")
+
+
+def test_held_out_comparison_shows_the_means_that_decided():
+    from napari_tomoseg.core.measure.report import held_out_comparison
+
+    # the pore's few held-out voxels did not rank the models: the start wins on matrix and fibre
+    start = {"matrix": 0.995, "fibre": 0.977, "pore": 0.767}
+    trained = {"matrix": 0.994, "fibre": 0.970, "pore": 0.828}
+    lines = held_out_comparison(start, start, "start", trained, compared=("matrix", "fibre"))
+    assert lines[0].startswith(
+        "Kept the starting model: training did not beat it on the held-out voxels of matrix, "
+        "fibre (0.986 vs trained 0.982; pore: too few held-out voxels to compare)"
+    )
+    assert lines[1].endswith("pore 0.767 vs 0.828")  # every phase is still listed
+    lines = held_out_comparison(trained, start, "fine-tuned", compared=("matrix", "fibre"))
+    assert lines[0] == (
+        "Kept the fine-tuned model: held-out Jaccard of matrix, fibre 0.982 → 0.986 "
+        "(pore: too few held-out voxels to compare)"
+    )
+    lines = held_out_comparison(start, trained, "fine-tuned", compared=("matrix", "fibre", "pore"))
+    assert lines[0] == "Kept the fine-tuned model: held-out Jaccard 0.913 → 0.931"

@@ -207,6 +207,9 @@ class FinetuneResult:
     kept: Literal["fine-tuned", "start"] = "fine-tuned"
     #: Exactly which voxels were held out of training (see :func:`held_out_voxels`), or None.
     held_out: dict[str, Any] | None = None
+    #: The phases the starting and the trained model were ranked on (those with enough held-out
+    #: voxels, :data:`MIN_RANKING_VOXELS`), or None when nothing was compared.
+    compared: tuple[str, ...] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -765,9 +768,11 @@ def iter_finetune(
 ) -> Generator[Any, None, FinetuneResult]:
     """Fine-tune ``base`` (a TomosegModel; ``None`` = from scratch) on ``annotations`` of ``volume``.
 
-    Yields :class:`~napari_tomoseg.core.learn.train.TrainProgress` events; returns a :class:`FinetuneResult`
-    whose model holds the weights with the best validation Jaccard (the last ones without validation).
-    Cancelling (``cancel.cancel()``) stops after the current step and returns the best model so far.
+    Yields :class:`~napari_tomoseg.core.learn.train.TrainProgress` events; returns a
+    :class:`FinetuneResult` whose model holds the weights ``config.keep`` asks for (the last ones by
+    default), or the starting model when it scores higher on the held-out voxels. Cancelling
+    (``cancel.cancel()``) stops after the current step and returns what the run has so far, by the
+    same rule.
     """
 
     from napari_tomoseg.core.learn.train import CropSampler, TrainConfig, iter_train
@@ -875,6 +880,11 @@ def iter_finetune(
         else None
     )
     kept: Literal["fine-tuned", "start"] = "start" if result.kept_start else "fine-tuned"
+    compared = (
+        tuple(name for i, name in enumerate(plan.phases.names) if i not in few)
+        if start_scores is not None
+        else None
+    )
     if kept == "start":
         notes.append(
             f"training did not beat the starting model on the held-out voxels (mean Jaccard "
@@ -914,6 +924,7 @@ def iter_finetune(
         "validation_jaccard": scores,
         "start_validation_jaccard": start_scores,
         "kept": kept,
+        "compared_phases": None if compared is None else list(compared),
         "held_out": held,
         "device": str(dev),
     }
@@ -932,6 +943,7 @@ def iter_finetune(
         start_validation=start_scores,
         kept=kept,
         held_out=held,
+        compared=compared,
     )
 
 

@@ -150,6 +150,7 @@ def held_out_comparison(
     trained: dict[str, float] | None = None,
     *,
     start_scored: str = "",
+    compared: Sequence[str] | None = None,
 ) -> list[str]:
     """Lines saying how a fine-tuning run did on its held-out voxels and which model it kept.
 
@@ -163,9 +164,20 @@ def held_out_comparison(
         The trained weights' scores (what lost, when the starting model was kept).
     start_scored : str
         Why the starting model was not scored, when ``start`` is None.
+    compared : phase names, optional
+        The phases the two models were ranked on (those with enough held-out voxels); the means
+        shown are over these, so they are the numbers that decided. Default: every phase.
     """
     if final is None:
         return ["no held-out voxels: the last weights were kept (nothing to compare them on)"]
+    names = list(final) if compared is None else [n for n in final if n in set(compared)]
+    left_out = [n for n in final if n not in names]
+    on = f" of {', '.join(names)}" if left_out else ""
+    few = f"; {', '.join(left_out)}: too few held-out voxels to compare" if left_out else ""
+
+    def mean(scores: dict[str, float]) -> float:
+        return _mean(scores[n] for n in names if n in scores)
+
     if start is None:
         why = f" (the starting model was not scored: {start_scored})" if start_scored else ""
         return [
@@ -174,10 +186,10 @@ def held_out_comparison(
         ]
     if kept == "start":
         lost = trained or {}
-        vs = f" vs trained {_mean(lost.values()):.3f}" if lost else ""
+        vs = f" vs trained {mean(lost):.3f}" if lost else ""
         return [
-            f"Kept the starting model: training did not beat it on the held-out voxels "
-            f"({_mean(start.values()):.3f}{vs}) — annotate where it is wrong and fine-tune again",
+            f"Kept the starting model: training did not beat it on the held-out voxels{on} "
+            f"({mean(start):.3f}{vs}{few}) — annotate where it is wrong and fine-tune again",
             "per phase (start"
             + (" vs trained" if lost else "")
             + "): "
@@ -187,8 +199,8 @@ def held_out_comparison(
             ),
         ]
     return [
-        f"Kept the fine-tuned model: held-out Jaccard {_mean(start.values()):.3f} → "
-        f"{_mean(final.values()):.3f}",
+        f"Kept the fine-tuned model: held-out Jaccard{on} {mean(start):.3f} → {mean(final):.3f}"
+        + (f" ({few[2:]})" if few else ""),
         "per phase: "
         + ", ".join(
             f"{n} {_score(start.get(n, float('nan')))} → {_score(v)}" for n, v in final.items()
