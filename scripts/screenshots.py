@@ -253,7 +253,7 @@ def paint_corrections(layer: Any, truth: Any, z: int, radius: int = 3) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
-    parser.add_argument("--finetune-seconds", type=int, default=15)
+    parser.add_argument("--finetune-seconds", type=int, default=30)
     parser.add_argument("--real-scan", type=Path, default=REAL_SCAN)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
