@@ -139,10 +139,9 @@ def prior_corrected_weights(
     """
     c = torch.as_tensor(counts, dtype=torch.float64)
     share = c / c.sum().clamp(min=1)
-    pi = torch.as_tensor(prior, dtype=torch.float64)
-    pi = pi / pi.sum().clamp(min=1e-12)
-    pi = torch.where(share > 0, pi.clamp(min=1e-6), torch.zeros_like(pi))
-    w = torch.where(share > 0, pi ** (1 - power) / share.clamp(min=1e-12), torch.zeros_like(share))
+    pi = torch.as_tensor(prior, dtype=torch.float64).clamp(min=0)
+    pi = torch.where(share > 0, pi.clamp(min=1e-12), torch.zeros_like(pi))  # absent phases: 0
+    w = phase_weights(pi, power).double() * pi / share.clamp(min=1e-12)
     present = w > 0
     if present.any():
         w = w / w[present].mean()
