@@ -398,24 +398,56 @@ def test_phases_with_too_few_held_out_voxels_do_not_decide_which_model_is_kept(
 
 
 def test_sparse_strokes_get_the_slices_phase_shares_whole_slices_their_own(phantom, base) -> None:
-    from napari_tomoseg.core.learn.finetune import _slice_prior
-    from napari_tomoseg.core.learn.train import AnnotatedVolume
-    from napari_tomoseg.core.prep.intensity import apply_range
+    from napari_tomoseg.core.learn.finetune import _Guesses, _sparse, _training_data
 
     z = 8
     truth = phantom.labels[z]
     low, high = base.normalization.volume_range(phantom.volume)
-    image = apply_range(phantom.volume[z : z + 1], low, high)  # the 2D model's one input plane
-    whole = AnnotatedVolume(image, truth[None])
-    assert _slice_prior(base.network, [whole], 3, "cpu") is None  # whole slices: their own shares
+    whole = annotate(phantom.labels, [z])
+    assert not _sparse(whole, plan_finetune(whole.shape, whole, base=base))
 
-    strokes = stroke_annotations(truth, fraction=0.1, seed=0)
-    prior = _slice_prior(base.network, [AnnotatedVolume(image, strokes[None])], 3, "cpu")
+    strokes = np.zeros_like(phantom.labels)
+    strokes[z] = stroke_annotations(truth, fraction=0.1, seed=0)
+    plan = plan_finetune(strokes.shape, strokes, base=base)
+    assert _sparse(strokes, plan) and plan.validation == "band"
+    guesses = _Guesses(base.network, 3, "cpu")
+    volumes, _ = _training_data(phantom.volume, strokes, plan, 1, low, high, guess=guesses)
+    labels = volumes[0].labels[0]
+    guided = labels > 3
+    band = band_mask(strokes[z])
+    # guesses fill only voxels nobody annotated, never the held-out band; strokes stay as painted
+    assert guided.any() and not (guided & (strokes[z] > 0)).any() and not (guided & band).any()
+    assert np.array_equal(labels[~guided & ~band], strokes[z][~guided & ~band])
+    # confident guesses of the bundled model on its own domain are nearly all right
+    assert (labels[guided] - 3 == truth[guided]).mean() > 0.95
+
+    prior = guesses.shares()
     true = np.bincount(truth.ravel(), minlength=4)[1:] / truth.size
-    painted = np.bincount(strokes.ravel(), minlength=4)[1:] / (strokes > 0).sum()
-    assert prior is not None and abs(sum(prior) - 1) < 1e-9
+    painted = np.bincount(strokes[z].ravel(), minlength=4)[1:] / (strokes[z] > 0).sum()
+    assert abs(sum(prior) - 1) < 1e-9
     # the estimate is much nearer the slice's shares than the strokes' own shares are
     assert np.abs(np.array(prior) - true).sum() < 0.5 * np.abs(painted - true).sum()
+
+
+def test_strokes_fine_tune_with_and_without_guesses(phantom, base) -> None:
+    ann = np.zeros_like(phantom.labels)
+    for z in (4, 11):
+        ann[z] = stroke_annotations(phantom.labels[z], fraction=0.1, seed=z)
+    last = replace(FAST, validation="none")  # the trained weights, never the start
+    guided = finetune(phantom.volume, ann, base=base, config=last)
+    plain = finetune(phantom.volume, ann, base=base, config=replace(last, guide=0.0))
+    assert guided.steps == plain.steps == 3
+    moved = [
+        not torch.equal(a, b)
+        for a, b in zip(
+            guided.model.network.state_dict().values(),
+            plain.model.network.state_dict().values(),
+            strict=True,
+        )
+    ]
+    assert any(moved)  # the guesses changed what was learnt
+    with pytest.raises(ValueError, match="guide"):
+        FinetuneConfig(guide=-1.0)
 
 
 def test_strokes_that_miss_a_phase_report_it_as_not_learnt(phantom, base) -> None:

@@ -95,3 +95,30 @@ def test_prior_corrected_weights_give_whole_slice_weighting_to_strokes():
     assert w[2] < w[0]  # the over-painted pore now weighs less per voxel than the matrix
     # a phase absent from the annotations keeps weight 0
     assert prior_corrected_weights([10, 0, 5], [0.5, 0.3, 0.2])[1] == 0
+
+
+def test_guided_targets_add_only_their_weighted_cross_entropy():
+    from napari_tomoseg.core.learn.losses import loss_from_terms, loss_terms, split_guide
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, generator=g)
+    target = torch.randint(0, 7, (2, 8, 8), generator=g)  # 1..3 annotated, 4..6 guided
+    annotated, guide = split_guide(target, 3)
+    assert ((annotated > 0) & (guide > 0)).sum() == 0
+    assert torch.equal(annotated[target <= 3], target[target <= 3])
+    assert torch.equal(guide[target > 3], target[target > 3] - 3)
+    w = phase_weights([5, 100, 30])
+    plain = soft_jaccard_loss(logits, annotated) + masked_cross_entropy(logits, annotated, weight=w)
+    terms = loss_terms(logits, target, weight=w, guided=True)
+    expected = plain + 0.5 * masked_cross_entropy(logits, guide)
+    assert loss_from_terms(terms, guide=0.5).item() == pytest.approx(expected.item(), rel=1e-6)
+    # summed over shards, guided terms still give the whole batch's loss
+    parts = loss_terms(logits[:1], target[:1], weight=w, guided=True) + loss_terms(
+        logits[1:], target[1:], weight=w, guided=True
+    )
+    assert loss_from_terms(parts, guide=0.5).item() == pytest.approx(expected.item(), rel=1e-6)
+    # the Jaccard never sees a guess: guessing every voxel wrong leaves it as it was
+    wrong = torch.where(target > 3, 4 + (target - 4 + 1) % 3, target)
+    assert loss_from_terms(loss_terms(logits, wrong, weight=w, guided=True), guide=0.0).item() == (
+        pytest.approx(plain.item(), rel=1e-6)
+    )

@@ -37,6 +37,10 @@ MIN_RANKING_VOXELS = 100
 #: Annotations covering less than this share of their slices are sparse (strokes): the phase shares
 #: the loss assumes are then those of the slices (estimated), not the annotations' own.
 SPARSE = 0.5
+#: Probability above which the starting model's guess for a voxel the strokes leave out guides training.
+GUIDE_CONFIDENCE = 0.9
+#: Guesses nearer than this (voxels) to an annotation that corrects the same guess are dropped.
+GUIDE_RADIUS = 8.0
 #: Smallest slice edge worth training on.
 MIN_PLANE = 16
 #: How a 2D base model's first kernels are spread over the slices of a 2.5D fine-tuned model.
@@ -98,6 +102,15 @@ class FinetuneConfig:
         operation less per layer. Off by default: on the shifted-domain benchmark the norms adapting
         to the new volume were worth 0.03 Jaccard (seed 500, 30 s: 0.923 learnt, 0.890 frozen).
         A model trained from scratch always learns its norms.
+    guide : float
+        With sparse annotations (strokes, under half of their slices) and a base model with the
+        same phases: weight of a cross-entropy on the unannotated voxels of the annotated slices
+        that the starting model calls with confidence over 0.9, towards its own guess, except within
+        8 voxels of a stroke that corrects the same guess. It keeps what the model got right
+        where the strokes say nothing; without it, strokes through the middle of each phase left
+        the model worse than it started. On the shifted-domain benchmark (strokes on 3 slices, 30
+        steps) the mean Jaccard was 0.785 without, 0.792 / 0.801 / 0.809 / 0.817 with weights
+        0.3 / 1 / 3 / 10. 0 turns it off.
     keep : {"last", "best"}
         The weights returned: the last ones, or the best validated ones; either way the starting
         model instead when it scores better on the held-out voxels. Picking the best of a dozen
@@ -125,6 +138,7 @@ class FinetuneConfig:
     mode: TrainMode | None = None
     context_slices: int = 5
     freeze_norm: bool = False
+    guide: float = 10.0
     keep: Literal["last", "best"] = "last"
 
     def __post_init__(self) -> None:
@@ -169,6 +183,8 @@ class FinetuneConfig:
             )
         if self.keep not in ("last", "best"):
             raise ValueError(f"FinetuneConfig.keep must be 'last' or 'best', got {self.keep!r}")
+        if not self.guide >= 0:
+            raise ValueError(f"FinetuneConfig.guide must be >= 0, got {self.guide}")
         if self.base_filters < 1:
             raise ValueError(f"FinetuneConfig.base_filters must be >= 1, got {self.base_filters}")
 
@@ -548,10 +564,14 @@ def _training_data(
     low: float,
     high: float,
     halo: int = 32,
+    guess: Any = None,
 ) -> tuple[list[Any], list[tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]]]:
     """Training volumes (one per annotated slice) and validation pairs (image stack, labels).
 
     A validation pair is the held-out part of a slice with ``halo`` voxels of context around it.
+    ``guess(image stack, labels) -> phase ids (0 = unsure)`` (:class:`_Guesses`), when given, fills
+    the training slices' voxels that are neither annotated nor held out with guided targets
+    (``C + id``, :mod:`~.losses`).
     """
     from napari_tomoseg.core.learn.train import AnnotatedVolume
 
@@ -562,10 +582,12 @@ def _training_data(
     for index in sorted(set(plan.train_slices) | held):
         image = _slice_stack(volume, index, plan.axis, half, low, high)
         labels = _labels_slice(ann, index, plan.axis)
+        free = labels == 0  # voxels a guess may fill
         if plan.validation == "band":
             band = band_mask(labels)
             val_labels = np.where(band, labels, 0).astype(np.uint8)
             train_labels = np.where(band, 0, labels).astype(np.uint8)
+            free &= ~band
             if val_labels.any():
                 val.append(_around_labels(image, val_labels, halo))
         elif index in held:
@@ -573,6 +595,11 @@ def _training_data(
             continue
         else:
             train_labels = labels
+        if guess is not None and train_labels.any():
+            guessed = guess(image, labels)
+            train_labels = np.where(
+                free & (guessed > 0), guessed + len(plan.phases), train_labels
+            ).astype(np.uint8)
         if train_labels.any():
             # The sampler draws 2D crops along axis 0 of (k, y, x); only the centre plane is labelled.
             stack_labels = np.zeros(image.shape, np.uint8)
@@ -680,6 +707,15 @@ def _predict_labels(
     network: Any, image: npt.NDArray[np.float32], n_phases: int, device: Any
 ) -> npt.NDArray[np.uint8]:
     """Phase ids (1..C) ``network`` predicts for a slice's image stack ``(k, y, x)``."""
+    return (np.argmax(_predict_probs(network, image, n_phases, device), axis=0) + 1).astype(
+        np.uint8
+    )
+
+
+def _predict_probs(
+    network: Any, image: npt.NDArray[np.float32], n_phases: int, device: Any
+) -> npt.NDArray[np.float32]:
+    """Phase probabilities ``(C, y, x)`` ``network`` predicts for a slice's image stack ``(k, y, x)``."""
     import torch
 
     from napari_tomoseg.core.segment import predict_tiled, resolve_precision
@@ -703,7 +739,7 @@ def _predict_labels(
         batch_size=1,
         multiple=network.cfg.multiple,
     )[0]
-    return (np.argmax(probs, axis=0) + 1).astype(np.uint8)
+    return probs
 
 
 def _validator(
@@ -723,32 +759,65 @@ def _validator(
     return validate
 
 
-def _slice_prior(
-    network: Any, volumes: list[Any], n_phases: int, device: Any
-) -> tuple[float, ...] | None:
-    """Phase shares of the annotated slices when the annotations are sparse (strokes), else None.
+def _sparse(ann: npt.NDArray[np.uint8], plan: FinetunePlan) -> bool:
+    """Do the annotations cover less than :data:`SPARSE` of their slices (strokes, not slices)?"""
+    slices = set(plan.train_slices) | set(plan.validation_slices)
+    plane = int(np.prod([s for a, s in enumerate(ann.shape) if a != plan.axis]))
+    return int(np.count_nonzero(ann)) < SPARSE * plane * max(1, len(slices))
 
-    Annotated voxels count as annotated; the rest as ``network`` (the starting model) predicts them.
-    Strokes through every phase over-represent the rare ones; whole slices need no estimate.
+
+def _uncontradicted(
+    guessed: npt.NDArray[np.uint8], labels: npt.NDArray[np.uint8], radius: float = GUIDE_RADIUS
+) -> npt.NDArray[np.uint8]:
+    """``guessed`` without the guesses of a phase within ``radius`` of an annotated voxel that the
+    model guessed as that phase and the annotation corrects.
+
+    A stroke painted across a region the starting model gets wrong says the guesses around it are
+    wrong too: they must not pull against the correction it teaches.
     """
-    labelled = sum(int((v.labels > 0).sum()) for v in volumes)
-    plane = sum(v.labels[0].size for v in volumes)  # one labelled plane per training slice
-    if labelled >= SPARSE * plane:
-        return None
-    counts = np.zeros(n_phases + 1, np.int64)
-    was_training = network.training
-    network.eval()
-    try:
-        for v in volumes:
-            centre = v.labels.shape[0] // 2
-            labels = v.labels[centre]
-            filled = np.where(
-                labels > 0, labels, _predict_labels(network, v.image, n_phases, device)
-            )
-            counts += np.bincount(filled.ravel(), minlength=n_phases + 1)
-    finally:
-        network.train(was_training)
-    return tuple(float(c) / max(1, int(counts[1:].sum())) for c in counts[1:])
+    from scipy import ndimage
+
+    out = guessed.copy()
+    corrected = (labels > 0) & (guessed > 0) & (guessed != labels)
+    for phase in np.unique(guessed[corrected]):
+        near = ndimage.distance_transform_edt(~(corrected & (guessed == phase))) <= radius
+        out[near & (guessed == phase)] = 0
+    return out
+
+
+class _Guesses:
+    """The starting model's guesses for the voxels strokes leave out, and the slices' phase shares.
+
+    ``guesses(image stack, labels) -> phase ids`` for a training slice: the model's phase where it
+    is at least :data:`GUIDE_CONFIDENCE` sure and no annotation nearby corrects it
+    (:func:`_uncontradicted`), else 0. Each call also counts the slice's phases (annotated voxels
+    as annotated, the rest as the model predicts them): :meth:`shares`.
+    """
+
+    def __init__(self, network: Any, n_phases: int, device: Any) -> None:
+        self.network, self.n_phases, self.device = network, n_phases, device
+        self.counts = np.zeros(n_phases + 1, np.int64)
+
+    def __call__(
+        self, image: npt.NDArray[np.float32], labels: npt.NDArray[np.uint8]
+    ) -> npt.NDArray[np.uint8]:
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            probs = _predict_probs(self.network, image, self.n_phases, self.device)
+        finally:
+            self.network.train(was_training)
+        ids = (np.argmax(probs, axis=0) + 1).astype(np.uint8)
+        filled = np.where(labels > 0, labels, ids)
+        self.counts += np.bincount(filled.ravel(), minlength=self.n_phases + 1)[: self.n_phases + 1]
+        ids[probs.max(axis=0) < GUIDE_CONFIDENCE] = 0
+        return _uncontradicted(ids, labels)
+
+    def shares(self) -> tuple[float, ...]:
+        """Phase shares of the slices seen so far: strokes through every phase over-represent
+        the rare ones; the model's predictions fill in the rest of each slice."""
+        total = max(1, int(self.counts[1:].sum()))
+        return tuple(float(c) / total for c in self.counts[1:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -802,12 +871,24 @@ def iter_finetune(
         train_volumes = _training_data_3d(volume, ann, low, high, crop)
         val_pairs: list[Any] = []
         sampler_kw: dict[str, Any] = {"ndim": 3, "crop": crop}
+        guided = False
         if plan.validation != "none":
             plan = replace(plan, validation="none", validation_slices=())
             log.warning("3D fine-tuning keeps the last weights (no held-out validation yet)")
     else:
+        # Strokes leave most of their slices unannotated: there the starting model's confident
+        # guesses are kept as guided targets (a model with a new output layer has none to give).
+        guided = base is not None and not plan.replace_head and _sparse(ann, plan)
+        guesses = _Guesses(model.network.to(dev), n, dev) if guided else None
         train_volumes, val_pairs = _training_data(
-            volume, ann, plan, net_cfg.in_channels, low, high, halo=receptive_halo(net_cfg)
+            volume,
+            ann,
+            plan,
+            net_cfg.in_channels,
+            low,
+            high,
+            halo=receptive_halo(net_cfg),
+            guess=guesses,
         )
         sampler_kw = {
             "ndim": 2,
@@ -815,12 +896,19 @@ def iter_finetune(
             "axes": (0,),
             "crop": plan.crop,
         }
+    # Phase shares of the slices the strokes were painted on (guesses filling in the rest).
+    prior = guesses.shares() if guesses is not None else None
+    if guided and not config.guide > 0:  # the guesses only estimated the phase shares
+        for v in train_volumes:
+            v.labels[v.labels > n] = 0
+    guide = config.guide if guided and config.guide > 0 else None
     sampler = CropSampler(
         train_volumes,
         n_phases=n,
         rare_fraction=config.rare_fraction,
         augment=config.augment,
         seed=config.seed,
+        guided=guide is not None,
         **sampler_kw,
     )
     train_config = TrainConfig(
@@ -840,12 +928,10 @@ def iter_finetune(
         seed=config.seed,
         optimizer=config.optimizer,
         keep=config.keep,
+        class_prior=prior,
+        guide=guide,
     )
     validate = _validator(val_pairs, n, dev) if val_pairs else None
-    if net_cfg.ndim == 2 and base is not None and not plan.replace_head:
-        prior = _slice_prior(model.network.to(dev), train_volumes, n, dev)
-        if prior is not None:
-            train_config = replace(train_config, class_prior=prior)
     rank, few = _ranking([labels for _, labels in val_pairs], n)
     if validate is not None and few:
         plan = replace(

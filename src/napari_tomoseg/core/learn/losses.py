@@ -6,6 +6,11 @@ Unannotated voxels contribute nothing to either loss or its gradient.
 Both losses are functions of sums over the batch (:func:`loss_terms`), so a batch split into shards
 that are computed in parallel gives exactly the loss of the whole batch: sum the shards' terms, then
 :func:`loss_from_terms`.
+
+Guided targets: with sparse annotations (strokes), targets ``C+1..2C`` mark voxels nobody annotated
+that the starting model confidently calls phase ``target - C``. They enter only a separate, down-weighted
+cross-entropy (``guide``) that keeps the model near what it already got right where the strokes say
+nothing; the Jaccard and the annotated cross-entropy never see them.
 """
 
 from __future__ import annotations
@@ -83,31 +88,55 @@ def masked_cross_entropy(
     return cross_entropy_from_terms(*cross_entropy_terms(logits, target, weight=weight))
 
 
+def split_guide(target: torch.Tensor, n_phases: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Annotated targets (``0..C``) and guided ones (``0..C``, 0 = no guess) of a guided target map."""
+    guided = target > n_phases
+    zero = torch.zeros_like(target)
+    return torch.where(guided, zero, target), torch.where(guided, target - n_phases, zero)
+
+
 def loss_terms(
     logits: torch.Tensor,
     target: torch.Tensor,
     *,
     weight: torch.Tensor | None = None,
     cross_entropy: bool = True,
+    guided: bool = False,
 ) -> torch.Tensor:
-    """The sums a batch's loss is made of, as one vector: ``[I (C), total (C), nll, weights]``.
+    """The sums a batch's loss is made of, as one vector: ``[I (C), total (C), nll, weights]``,
+    and with ``guided`` targets (``C+1..2C``, see the module) two more: the guided voxels' summed
+    negative log-likelihood and their number.
 
     Sum the vectors of a batch's shards and give the sum to :func:`loss_from_terms`.
     """
+    guide = None
+    if guided:
+        target, guide = split_guide(target, logits.shape[1])
     inter, total = jaccard_terms(logits, target)
     if cross_entropy:
         nll, den = cross_entropy_terms(logits, target, weight=weight)
     else:
         nll = den = torch.zeros((), device=logits.device)
-    return torch.cat([inter, total, nll.reshape(1), den.reshape(1).to(inter.dtype)])
+    parts = [inter, total, nll.reshape(1), den.reshape(1).to(inter.dtype)]
+    if guide is not None:
+        g_nll, g_den = cross_entropy_terms(logits, guide)
+        parts += [g_nll.reshape(1), g_den.reshape(1).to(inter.dtype)]
+    return torch.cat(parts)
 
 
-def loss_from_terms(terms: torch.Tensor, *, cross_entropy: bool = True) -> torch.Tensor:
-    """Soft Jaccard (+ weighted cross-entropy) of the whole batch from its summed :func:`loss_terms`."""
-    c = (terms.shape[0] - 2) // 2
+def loss_from_terms(
+    terms: torch.Tensor, *, cross_entropy: bool = True, guide: float | None = None
+) -> torch.Tensor:
+    """Soft Jaccard (+ weighted cross-entropy) of the whole batch from its summed :func:`loss_terms`;
+    with ``guide`` (terms of guided targets), plus ``guide`` times the guided voxels' mean
+    cross-entropy."""
+    extra = 2 if guide is not None else 0
+    c = (terms.shape[0] - 2 - extra) // 2
     loss = jaccard_from_terms(terms[:c], terms[c : 2 * c])
     if cross_entropy:
         loss = loss + cross_entropy_from_terms(terms[2 * c], terms[2 * c + 1])
+    if guide is not None:
+        loss = loss + guide * cross_entropy_from_terms(terms[2 * c + 2], terms[2 * c + 3])
     return loss
 
 

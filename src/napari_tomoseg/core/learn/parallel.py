@@ -51,6 +51,9 @@ class StepRunner:
         Add the weighted cross-entropy to the soft Jaccard loss.
     weight : torch.Tensor or None
         Per-phase cross-entropy weights.
+    guide : float or None
+        Weight of the guided targets' cross-entropy (targets ``C+1..2C``, :mod:`~.losses`); None:
+        the targets hold annotations only.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class StepRunner:
         workers: int = 1,
         cross_entropy: bool = True,
         weight: torch.Tensor | None = None,
+        guide: float | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -71,6 +75,7 @@ class StepRunner:
         self.workers = workers
         self.cross_entropy = cross_entropy
         self.weight = weight
+        self.guide = guide
         self.channels_last = getattr(getattr(network, "cfg", None), "ndim", 2) == 2
         if self.channels_last:
             network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -92,14 +97,21 @@ class StepRunner:
         use_amp = self.dtype != torch.float32
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=use_amp):
             logits = replica(x)
-        return loss_terms(logits.float(), y, weight=self.weight, cross_entropy=self.cross_entropy)
+        return loss_terms(
+            logits.float(),
+            y,
+            weight=self.weight,
+            cross_entropy=self.cross_entropy,
+            guided=self.guide is not None,
+        )
+
+    def _loss(self, terms: torch.Tensor) -> torch.Tensor:
+        return loss_from_terms(terms, cross_entropy=self.cross_entropy, guide=self.guide)
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> float:
         """Accumulate the gradient of the batch's loss (times ``scale``) into the network; return the loss."""
         if self.workers == 1 or x.shape[0] < 2:
-            loss = loss_from_terms(
-                self._terms(self.network, x, y), cross_entropy=self.cross_entropy
-            )
+            loss = self._loss(self._terms(self.network, x, y))
             (loss * scale).backward()
             return float(loss.detach())
         assert self._pool is not None
@@ -114,7 +126,7 @@ class StepRunner:
         for part in parts[1:]:
             total += part.detach()
         total.requires_grad_(True)
-        loss = loss_from_terms(total, cross_entropy=self.cross_entropy)
+        loss = self._loss(total)
         (grad,) = torch.autograd.grad(loss * scale, total)
         futures = [self._pool.submit(part.backward, grad) for part in parts[1:]]
         parts[0].backward(grad)

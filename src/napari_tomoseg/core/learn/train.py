@@ -64,6 +64,9 @@ class TrainConfig:
     #: Phase shares of the slices the annotations were drawn from, when they differ from the
     #: annotations' own (strokes): the cross-entropy is weighted as whole slices would weigh it.
     class_prior: tuple[float, ...] | None = None
+    #: Weight of the cross-entropy on guided targets (``C+1..2C``: the starting model's confident
+    #: guesses where sparse annotations say nothing, see :mod:`~.losses`); None: no guided targets.
+    guide: float | None = None
 
     def __post_init__(self) -> None:
         if self.keep not in ("best", "last"):
@@ -74,6 +77,8 @@ class TrainConfig:
             )
         if self.validations < 1:
             raise ValueError(f"TrainConfig.validations must be >= 1, got {self.validations}")
+        if self.guide is not None and not self.guide >= 0:
+            raise ValueError(f"TrainConfig.guide must be >= 0 or None, got {self.guide}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"TrainConfig.workers must be >= 1 or None, got {self.workers}")
         if self.optimizer not in ("adamw", "adabelief"):
@@ -134,7 +139,8 @@ class CropSampler:
     With probability ``rare_fraction`` a crop is centred on a voxel of a phase chosen uniformly among
     the annotated phases (so a 0.5 % phase is seen as often as the matrix); otherwise on a random
     annotated voxel. 2D models get slices along ``axes``; 2.5D ones the ``in_channels`` neighbouring
-    slices as channels; 3D ones cubes.
+    slices as channels; 3D ones cubes. With ``guided``, labels ``C+1..2C`` are guesses (see
+    :mod:`~.losses`): they travel with the crops but are neither counted nor crop centres.
     """
 
     def __init__(
@@ -150,6 +156,7 @@ class CropSampler:
         augment: bool = True,
         seed: int = 0,
         max_points_per_phase: int = 200_000,
+        guided: bool = False,
     ) -> None:
         if not volumes:
             raise ValueError("no training volumes given")
@@ -160,13 +167,14 @@ class CropSampler:
         # Flat indices of annotated voxels, per (volume, phase), subsampled to bound memory.
         self.points: list[list[npt.NDArray[np.int64]]] = []
         counts = np.zeros(n_phases + 1, np.int64)
+        top = 2 * n_phases if guided else n_phases
         for v in self.volumes:
             lab = v.labels.ravel()
-            if lab.size and int(lab.max()) > n_phases:
+            if lab.size and int(lab.max()) > top:
                 raise ValueError(
                     f"annotations hold phase id {int(lab.max())} but the model has {n_phases} phases (1..{n_phases})"
                 )
-            c = np.bincount(lab, minlength=n_phases + 1)
+            c = np.bincount(lab, minlength=top + 1)[: n_phases + 1]
             counts += c
             per_phase = []
             for p in range(1, n_phases + 1):
@@ -375,6 +383,7 @@ def iter_train(
         workers=workers,
         cross_entropy=config.loss == "jaccard+ce",
         weight=ce_weight,
+        guide=config.guide,
     )
 
     def do_validate() -> tuple[float, ...] | None:
