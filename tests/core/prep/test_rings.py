@@ -177,3 +177,21 @@ def test_a_field_of_view_edge_is_not_a_ring(pair):
     before = _rms((masked - clean)[:, inside])
     after = _rms((corrected - clean)[:, inside])
     assert after < 0.5 * before, (before, after)
+
+
+def test_the_same_volume_is_searched_once_and_a_changed_one_again(pair, monkeypatch):
+    import napari_tomoseg.core.prep.rings as rings
+
+    ringed, _ = pair
+    searched = []
+    search = rings._search_centre
+    monkeypatch.setattr(
+        rings, "_search_centre", lambda *a, **k: searched.append(1) or search(*a, **k)
+    )
+    volume = ringed + 0.0  # a fresh array: nothing remembered yet
+    first = detect_rings(volume)
+    again = detect_rings(volume.copy())  # another array with the same content
+    assert again == first and len(searched) == 1
+    volume[0, 40, 40] += 1.0  # one voxel of the first slice, which the search reads
+    assert detect_rings(volume).centre == pytest.approx(first.centre, abs=0.5)
+    assert len(searched) == 2

@@ -21,8 +21,10 @@ volume is read, so segmenting block by block stays seam-free and exactly tileabl
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,6 +172,13 @@ class RingDetection:
         return self.fraction >= DETECTION
 
 
+#: Detections of the volumes seen lately, by the content of the slices they were made from: the
+#: Segment and Fine-tune steps of a session read the same volume again and again.
+_DETECTIONS: OrderedDict[bytes, RingDetection] = OrderedDict()
+_DETECTIONS_LOCK = threading.Lock()
+_REMEMBERED = 16
+
+
 def detect_rings(
     volume: Any, *, search: float = 6.0, n_slices: int = 8, crop: int = 256
 ) -> RingDetection:
@@ -177,13 +186,37 @@ def detect_rings(
 
     Searched within ``search`` voxels of the slice centre, in steps of 2, 1 and 0.25 voxels, on
     ``n_slices`` evenly spaced slices (their central ``crop``² voxels: the axis position, not
-    the field of view, decides the sharpness).
+    the field of view, decides the sharpness). The answer depends only on those slices: it is
+    remembered by a hash of their content, so the same volume is searched once per session.
     """
     nz, ny, nx = (int(s) for s in volume.shape)
     zs = sorted(set(np.linspace(0, nz - 1, min(n_slices, nz)).round().astype(int).tolist()))
+    whole = [np.ascontiguousarray(volume[z]) for z in zs]  # corners for the fill, centre crops
+    digest = hashlib.blake2b(repr((volume.shape, search, crop, zs)).encode(), digest_size=32)
+    for plane in whole:
+        digest.update(plane.dtype.str.encode())
+        digest.update(memoryview(plane).cast("B"))
+    key = digest.digest()
+    with _DETECTIONS_LOCK:
+        known = _DETECTIONS.get(key)
+        if known is not None:
+            _DETECTIONS.move_to_end(key)
+            return known
+    detection = _search_centre(whole, (ny, nx), search, crop)
+    with _DETECTIONS_LOCK:
+        _DETECTIONS[key] = detection
+        while len(_DETECTIONS) > _REMEMBERED:
+            _DETECTIONS.popitem(last=False)
+    return detection
+
+
+def _search_centre(
+    whole: list[npt.NDArray[Any]], plane_shape: tuple[int, int], search: float, crop: int
+) -> RingDetection:
+    """:func:`detect_rings` on the slices read for it."""
+    ny, nx = plane_shape
     y0, x0 = max(0, (ny - crop) // 2), max(0, (nx - crop) // 2)
     window = (slice(y0, min(ny, y0 + crop)), slice(x0, min(nx, x0 + crop)))
-    whole = [np.asarray(volume[z]) for z in zs]  # read once: corners for the fill, centre crops
     fill = field_of_view_fill(whole)
     planes = [w[window].astype(np.float64) for w in whole]
     middle = np.array([(ny - 1) / 2 - y0, (nx - 1) / 2 - x0])
