@@ -8,9 +8,9 @@ that are computed in parallel gives exactly the loss of the whole batch: sum the
 :func:`loss_from_terms`.
 
 Guided targets: with sparse annotations (strokes), targets ``C+1..2C`` mark voxels nobody annotated
-that the starting model confidently calls phase ``target - C``. They enter only a separate, down-weighted
-cross-entropy (``guide``) that keeps the model near what it already got right where the strokes say
-nothing; the Jaccard and the annotated cross-entropy never see them.
+that the starting model confidently calls phase ``target - C``. They enter only a separate
+cross-entropy, weighted by ``guide``, that keeps the model near what it already got right where the
+strokes say nothing; the Jaccard and the annotated cross-entropy never see them.
 """
 
 from __future__ import annotations
