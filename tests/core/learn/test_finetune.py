@@ -457,3 +457,28 @@ def test_strokes_that_miss_a_phase_report_it_as_not_learnt(phantom, base) -> Non
     plan = plan_finetune(ann.shape, ann, base=base, phases=base.phases)
     assert plan.phases is base.phases and not plan.replace_head
     assert any("['pore']" in n and "not learnt" in n for n in plan.notes), plan.notes
+
+
+def test_a_3d_model_is_trained_from_scratch_on_annotated_slices(phantom) -> None:
+    ann = annotate(phantom.labels, [4, 11])
+    config = FinetuneConfig(budget=None, steps=2, crop=16, batch_size=2, mode="3d")
+    result = finetune(phantom.volume, ann, base=None, config=config)
+    assert result.steps == 2 and result.model.config.ndim == 3
+    assert result.model.defaults.mode == "3d" and result.validation is None
+
+
+def test_guesses_a_stroke_corrects_are_dropped_around_it_and_kept_elsewhere() -> None:
+    from napari_tomoseg.core.learn.finetune import GUIDE_RADIUS, _uncontradicted
+
+    guessed = np.full((40, 40), 1, np.uint8)  # the model calls everything phase 1 ...
+    guessed[:, 30:] = 2  # ... and the right edge phase 2
+    labels = np.zeros_like(guessed)
+    labels[20, 5:8] = 3  # a stroke says phase 3 where the model guessed 1: a correction
+    labels[5, 32:35] = 2  # a stroke agreeing with the model
+    kept = _uncontradicted(guessed, labels)
+    yy, xx = np.mgrid[:40, :40]
+    near = np.hypot(yy - 20, np.clip(xx, 5, 7) - xx) <= GUIDE_RADIUS
+    assert (kept[near & (guessed == 1)] == 0).all()  # phase-1 guesses around the correction: gone
+    assert (
+        kept[~near] == guessed[~near]
+    ).all()  # everything else, agreeing strokes' surroundings too

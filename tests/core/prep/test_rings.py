@@ -180,9 +180,9 @@ def test_a_field_of_view_edge_is_not_a_ring(pair):
 
 
 def test_the_same_volume_is_searched_once_and_a_changed_one_again(pair, monkeypatch):
-    import napari_tomoseg.core.prep.rings as rings
-
     from collections import OrderedDict
+
+    import napari_tomoseg.core.prep.rings as rings
 
     ringed, _ = pair
     monkeypatch.setattr(rings, "_DETECTIONS", OrderedDict())  # other tests searched this one

@@ -770,7 +770,7 @@ def _sparse(ann: npt.NDArray[np.uint8], plan: FinetunePlan) -> bool:
 
 
 def _uncontradicted(
-    guessed: npt.NDArray[np.uint8], labels: npt.NDArray[np.uint8], radius: float = GUIDE_RADIUS
+    guessed: npt.NDArray[np.uint8], labels: npt.NDArray[np.uint8], radius: float | None = None
 ) -> npt.NDArray[np.uint8]:
     """``guessed`` without the guesses of a phase within ``radius`` of an annotated voxel that the
     model guessed as that phase and the annotation corrects.
@@ -780,6 +780,7 @@ def _uncontradicted(
     """
     from scipy import ndimage
 
+    radius = GUIDE_RADIUS if radius is None else radius
     out = guessed.copy()
     corrected = (labels > 0) & (guessed > 0) & (guessed != labels)
     for phase in np.unique(guessed[corrected]):
@@ -874,15 +875,18 @@ def iter_finetune(
         train_volumes = _training_data_3d(volume, ann, low, high, crop)
         val_pairs: list[Any] = []
         sampler_kw: dict[str, Any] = {"ndim": 3, "crop": crop}
-        guided = False
+        guesses = None
         if plan.validation != "none":
             plan = replace(plan, validation="none", validation_slices=())
             log.warning("3D fine-tuning keeps the last weights (no held-out validation yet)")
     else:
         # Strokes leave most of their slices unannotated: there the starting model's confident
         # guesses are kept as guided targets (a model with a new output layer has none to give).
-        guided = base is not None and not plan.replace_head and _sparse(ann, plan)
-        guesses = _Guesses(model.network.to(dev), n, dev) if guided else None
+        guesses = (
+            _Guesses(model.network.to(dev), n, dev)
+            if base is not None and not plan.replace_head and _sparse(ann, plan)
+            else None
+        )
         train_volumes, val_pairs = _training_data(
             volume,
             ann,
@@ -901,10 +905,10 @@ def iter_finetune(
         }
     # Phase shares of the slices the strokes were painted on (guesses filling in the rest).
     prior = guesses.shares() if guesses is not None else None
-    if guided and not config.guide > 0:  # the guesses only estimated the phase shares
+    if guesses is not None and not config.guide > 0:  # they only estimated the phase shares
         for v in train_volumes:
             v.labels[v.labels > n] = 0
-    guide = config.guide if guided and config.guide > 0 else None
+    guide = config.guide if guesses is not None and config.guide > 0 else None
     sampler = CropSampler(
         train_volumes,
         n_phases=n,
