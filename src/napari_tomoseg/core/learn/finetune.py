@@ -59,7 +59,9 @@ class FinetuneConfig:
     budget : float or None
         Seconds of optimisation (validation included). ``steps`` and ``budget``: the first reached stops.
     steps : int or None
-        Optimisation steps; with a step budget the result is bitwise reproducible on CPU.
+        Optimisation steps. With steps and no time budget (``budget=None``) the result is bitwise
+        reproducible on CPU; with both, the learning-rate schedule follows whichever is further
+        along, so the clock enters it and two runs differ slightly.
     learning_rate : float
         Peak learning rate (linear warm-up, cosine decay).
     optimizer : {"adamw", "adabelief"}
