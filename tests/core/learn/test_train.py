@@ -143,6 +143,7 @@ def test_cancel_stops_and_returns_weights():
         ({"steps": 0}, "steps"),
         ({"budget": 0}, "budget"),
         ({"steps": 1, "crop": 12}, "crop"),
+        ({"steps": 1, "validation_share": 0}, "validation_share"),
     ],
 )
 def test_config_validation(kwargs, match):
@@ -166,3 +167,37 @@ def test_validations_spread_over_the_run_not_every_n_steps():
     )
     validated = [e.step for e in result.history if e.validation is not None]
     assert validated == [5, 10, 15, 20] and len(calls) == 4
+
+
+@pytest.mark.parametrize(("share", "most", "least"), [(0.1, 3, 1), (1.0, 99, 5)])
+def test_validations_of_a_timed_run_take_at_most_their_share(share, most, least):
+    """A slow validation is skipped when the validations so far took over ``validation_share``."""
+    import time
+
+    net = ModularUNet(UNetConfig(base_filters=2))
+
+    def validate(network):
+        time.sleep(0.2)
+        return [0.5, 0.5, 0.5]
+
+    result = fit(
+        net,
+        CropSampler([_toy()], n_phases=3, crop=16, seed=0),
+        TrainConfig(crop=16, batch_size=2, budget=2.5, validate_every=None, validation_share=share),
+        validate=validate,
+    )
+    validated = [e.step for e in result.history if e.validation is not None]
+    assert least <= len(validated) <= most
+    assert validated[-1] == result.steps  # the closing validation always runs
+
+
+def test_optimiser_imports_are_preloaded_in_the_background():
+    import sys
+
+    from napari_tomoseg.core.learn.train import preload_optimiser
+
+    thread = preload_optimiser()
+    if thread is not None:
+        thread.join(timeout=60)
+    assert "torch._dynamo" in sys.modules
+    assert preload_optimiser() is None  # nothing left to load
