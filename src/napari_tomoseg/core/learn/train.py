@@ -402,14 +402,8 @@ def iter_train(
     )
 
     def do_validate() -> tuple[float, ...] | None:
-        nonlocal \
-            best_mean, \
-            best_val, \
-            best_step, \
-            best_state, \
-            since_best, \
-            validation_seconds, \
-            validating
+        nonlocal best_mean, best_val, best_step, best_state, since_best
+        nonlocal validation_seconds, validating
         if validate is None:
             return None
         tv = time.perf_counter()
